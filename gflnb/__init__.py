@@ -1,0 +1,9 @@
+"""gflnb: Generalized Focal Loss (Li et al., NeurIPS 2020) faithful to mmdetection 3.3, in plain PyTorch."""
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import PRESETS, ConfigError, GFLConfig, get_config
+from .detector import GFL, build_model
+from .head import GFLHead
+
+__version__ = "0.1.0"
+__all__ = ["GFL", "GFLHead", "GFLConfig", "PRESETS", "ConfigError", "CheckpointError", "build_model",
+           "get_config", "load_checkpoint", "save_checkpoint", "__version__"]

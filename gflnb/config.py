@@ -1,0 +1,241 @@
+"""One typed configuration object per experiment; presets are small overrides of the base.
+
+The base is mmdetection's ``gfl_r50_fpn_1x_coco`` (GFL_SPEC sections 2-7). Field names follow
+mmdetection where it has one (``depth``, ``stage_with_dcn``, ``frozen_stages``, ``in_channels``,
+``feat_channels``, ``reg_max``, ...), so any field can be overridden by name::
+
+    cfg = get_config("gfl_r50_fpn_1x_coco", num_classes=3, stage_with_dcn=(False, True, True, True))
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional, Union
+
+
+class ConfigError(ValueError):
+    """An unknown preset or field, or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class GFLConfig:
+    name: str = "gfl_r50_fpn_1x_coco"
+
+    # ---- backbone (mmdet ResNet / ResNeXt)
+    depth: int = 50
+    groups: int = 1
+    base_width: int = 64  # width per group of the bottleneck 3x3 (ResNeXt: 4)
+    base_channels: int = 64  # stem width; 64 is torchvision's ResNet
+    stage_with_dcn: tuple[bool, ...] = (False, False, False, False)
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    # True: ImageNet weights (torchvision V1; open-mmlab's for ResNeXt-101 32x4d), a str: a local
+    # file, False: random init. Loaded by GFL.init_weights(), never by build_model().
+    pretrained_backbone: Union[bool, str] = True
+
+    # ---- neck (mmdet FPN)
+    in_channels: tuple[int, ...] = (256, 512, 1024, 2048)
+    out_channels: int = 256
+    start_level: int = 1
+    num_outs: int = 5
+
+    # ---- head (GFLHead)
+    num_classes: int = 80
+    feat_channels: int = 256
+    stacked_convs: int = 4
+    norm_num_groups: int = 32
+    reg_max: int = 16
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    octave_base_scale: int = 8
+    topk: int = 9  # ATSS candidates per level
+    qfl_beta: float = 2.0
+    loss_cls_weight: float = 1.0
+    loss_bbox_weight: float = 2.0
+    loss_dfl_weight: float = 0.25
+
+    # ---- test
+    score_thr: float = 0.05
+    nms_pre: int = 1000
+    iou_threshold: float = 0.6
+    max_per_img: int = 100
+    min_bbox_size: float = 0
+
+    # ---- data pipeline
+    img_scale: tuple[int, int] = (1333, 800)  # (long cap, short cap), keep ratio
+    ms_short_range: Optional[tuple[int, int]] = None  # ms-2x: short side drawn from [480, 800]
+    flip_prob: float = 0.5
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisor: int = 32
+    filter_empty_gt: bool = True
+    min_size: int = 32  # training images with a side below this are skipped
+
+    # ---- optimisation
+    optimizer: str = "sgd"  # or "adamw"
+    lr: float = 0.01  # at base_batch_size; scaled linearly with the total batch
+    base_batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    epochs: int = 12
+    milestones: tuple[int, ...] = (8, 11)  # lr x gamma at the end of these epochs
+    gamma: float = 0.1
+    batch_size: int = 2  # images per process
+    num_workers: int = 2
+    grad_clip: Optional[float] = None
+    amp: bool = True  # used on CUDA only
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Presets: only what differs from the base above (GFL_SPEC section 7).
+_MS2X = dict(epochs=24, milestones=(16, 22), ms_short_range=(480, 800))
+PRESETS: dict[str, dict[str, Any]] = {
+    "gfl_r50_fpn_1x_coco": {},
+    "gfl_r50_fpn_ms-2x_coco": dict(_MS2X),
+    "gfl_r101_fpn_ms-2x_coco": dict(_MS2X, depth=101),
+    "gfl_r101-dconv-c3-c5_fpn_ms-2x_coco": dict(_MS2X, depth=101, stage_with_dcn=(False, True, True, True)),
+    "gfl_x101-32x4d_fpn_ms-2x_coco": dict(_MS2X, depth=101, groups=32, base_width=4),
+    "gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco": dict(_MS2X, depth=101, groups=32, base_width=4,
+                                                     stage_with_dcn=(False, False, True, True)),
+    "gfl_r18_fpn_1x_coco": dict(depth=18, in_channels=(64, 128, 256, 512)),
+    # A small GFL trained from scratch on 2 CPU cores (issue "engine"): ResNet-18 at 1/8 width,
+    # 3 FPN levels, a 2-conv head, AdamW; images capped at 320 px.
+    "gfl_cpu_demo": dict(
+        depth=18, base_channels=8, in_channels=(8, 16, 32, 64), out_channels=32, num_outs=3,
+        strides=(8, 16, 32), feat_channels=32, stacked_convs=2, norm_num_groups=8,
+        frozen_stages=-1, norm_eval=False, pretrained_backbone=False, num_classes=4,
+        img_scale=(320, 320), min_size=8, optimizer="adamw", lr=2e-3, base_batch_size=8,
+        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=12, milestones=(10,),
+        batch_size=8, num_workers=0, grad_clip=35.0),
+}
+# The model-zoo checkpoints (GFL_SPEC section 1), by 3.x preset name.
+MODEL_ZOO = {
+    "gfl_r50_fpn_1x_coco": "gfl_r50_fpn_1x_coco/gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth",
+    "gfl_r50_fpn_ms-2x_coco": "gfl_r50_fpn_mstrain_2x_coco/gfl_r50_fpn_mstrain_2x_coco_20200629_213802-37bb1edc.pth",
+    "gfl_r101_fpn_ms-2x_coco": "gfl_r101_fpn_mstrain_2x_coco/gfl_r101_fpn_mstrain_2x_coco_20200629_200126-dd12f847.pth",
+    "gfl_r101-dconv-c3-c5_fpn_ms-2x_coco": "gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco/gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco_20200630_102002-134b07df.pth",
+    "gfl_x101-32x4d_fpn_ms-2x_coco": "gfl_x101_32x4d_fpn_mstrain_2x_coco/gfl_x101_32x4d_fpn_mstrain_2x_coco_20200630_102002-50c1ffdb.pth",
+    "gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco": "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco/gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco_20200630_102002-14a2bf25.pth",
+}
+MODEL_ZOO_PREFIX = "https://download.openmmlab.com/mmdetection/v2.0/gfl/"
+
+_FIELDS = {f.name: f for f in fields(GFLConfig)}
+_HINTS = typing.get_type_hints(GFLConfig)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check (and for tuples, convert) a value against a field's type hint."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field {name!r} expects a tuple, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"config field {name!r} expects {len(args)} values, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config field {name!r} expects a bool, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config field {name!r} expects an int, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config field {name!r} expects a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config field {name!r} expects a string, got {value!r}")
+    return value
+
+
+def validate(cfg: GFLConfig) -> GFLConfig:
+    """Cross-field checks that a type alone cannot express."""
+    def bad(msg):
+        raise ConfigError(f"config {cfg.name!r}: {msg}")
+    if cfg.depth not in (18, 34, 50, 101, 152):
+        bad(f"depth must be one of 18, 34, 50, 101, 152, got {cfg.depth}")
+    if len(cfg.stage_with_dcn) != 4:
+        bad(f"stage_with_dcn needs 4 entries, got {cfg.stage_with_dcn}")
+    if cfg.depth < 50 and any(cfg.stage_with_dcn):
+        bad("deformable convs need a Bottleneck ResNet (depth >= 50)")
+    if cfg.num_classes < 1:
+        bad(f"num_classes must be >= 1, got {cfg.num_classes}")
+    if len(cfg.strides) != cfg.num_outs:
+        bad(f"one stride per FPN output is needed: {len(cfg.strides)} strides for num_outs={cfg.num_outs}")
+    if cfg.reg_max < 1:
+        bad(f"reg_max must be >= 1, got {cfg.reg_max}")
+    if cfg.out_channels % cfg.norm_num_groups or cfg.feat_channels % cfg.norm_num_groups:
+        bad(f"norm_num_groups={cfg.norm_num_groups} must divide out_channels and feat_channels")
+    if not 0 <= cfg.score_thr < 1:
+        bad(f"score_thr must be in [0, 1), got {cfg.score_thr}")
+    if not 0 < cfg.iou_threshold <= 1:
+        bad(f"iou_threshold must be in (0, 1], got {cfg.iou_threshold}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        bad(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    if cfg.lr <= 0 or cfg.batch_size < 1 or cfg.epochs < 1:
+        bad("lr, batch_size and epochs must be positive")
+    return cfg
+
+
+def get_config(config: Union[str, GFLConfig] = "gfl_r50_fpn_1x_coco", **overrides: Any) -> GFLConfig:
+    """A preset by name (or a config object) with ``overrides`` applied by field name."""
+    if isinstance(config, GFLConfig):
+        cfg = config
+    elif isinstance(config, str):
+        if config not in PRESETS:
+            raise ConfigError(f"unknown preset {config!r}; known: {', '.join(PRESETS)}")
+        cfg = replace(GFLConfig(), name=config, **{k: _coerce(k, v, _HINTS[k]) for k, v in PRESETS[config].items()})
+    else:
+        raise ConfigError(f"config must be a preset name or a GFLConfig, got {type(config).__name__}")
+    for k in overrides:
+        if k not in _FIELDS:
+            raise ConfigError(f"unknown config field {k!r}")
+    if overrides:
+        cfg = replace(cfg, **{k: _coerce(k, v, _HINTS[k]) for k, v in overrides.items()})
+    return validate(cfg)
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line; VALUE is a Python literal or a bare string."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in _FIELDS:
+        raise ConfigError(f"--set {item!r}: unknown config field {key!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
+    return key, _coerce(key, value, _HINTS[key])
+
+
+def from_dict(d: dict[str, Any]) -> GFLConfig:
+    """Rebuild a config saved with ``to_dict`` (checkpoints, run records); unknown keys are errors."""
+    name = d.get("name", "gfl_r50_fpn_1x_coco")
+    rest = {k: v for k, v in d.items() if k != "name"}
+    return get_config(replace(GFLConfig(), name=name), **rest)

@@ -1,0 +1,62 @@
+"""The GFL detector: ResNet backbone, FPN neck, GFL head, with mmdetection's state-dict keys."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+from torch import Tensor, nn
+
+from .backbone import ResNet
+from .config import GFLConfig, get_config
+from .head import GFLHead
+from .neck import FPN
+
+
+class GFL(nn.Module):
+    def __init__(self, cfg: GFLConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = ResNet(cfg.depth, cfg.groups, cfg.base_width, cfg.base_channels, cfg.stage_with_dcn,
+                               cfg.frozen_stages, cfg.norm_eval)
+        if list(cfg.in_channels) != self.backbone.out_channels:
+            raise ValueError(f"config {cfg.name!r}: in_channels {cfg.in_channels} do not match the backbone's "
+                             f"outputs {tuple(self.backbone.out_channels)}")
+        self.neck = FPN(cfg.in_channels, cfg.out_channels, cfg.num_outs, cfg.start_level)
+        self.bbox_head = GFLHead(cfg.num_classes, cfg.out_channels, cfg.feat_channels, cfg.stacked_convs,
+                                 cfg.reg_max, cfg.strides, cfg.norm_num_groups, cfg.octave_base_scale, cfg.topk,
+                                 cfg.qfl_beta, cfg.loss_cls_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight)
+
+    def init_weights(self) -> None:
+        """Load the backbone's ImageNet weights named by ``cfg.pretrained_backbone`` (if any)."""
+        self.backbone.load_pretrained(self.cfg.pretrained_backbone)
+
+    def extract_feat(self, images: Tensor) -> list[Tensor]:
+        return self.neck(self.backbone(images))
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``images [B, 3, H, W]`` normalized and padded -> per-level ``(cls_scores, bbox_preds)``."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"GFL expects images [B, 3, H, W], got {tuple(images.shape)}")
+        return self.bbox_head(self.extract_feat(images))
+
+    def loss(self, images: Tensor, targets: Sequence[Mapping[str, Tensor]],
+             metas: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        cls_scores, bbox_preds = self(images)
+        return self.bbox_head.loss(cls_scores, bbox_preds, targets, metas)
+
+    def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]], rescale: bool = True,
+                **test_overrides: Any) -> list[dict[str, Tensor]]:
+        cls_scores, bbox_preds = self(images)
+        c = self.cfg
+        kw = dict(score_thr=c.score_thr, nms_pre=c.nms_pre, iou_threshold=c.iou_threshold,
+                  max_per_img=c.max_per_img, min_bbox_size=c.min_bbox_size)
+        kw.update(test_overrides)
+        return self.bbox_head.predict(cls_scores, bbox_preds, metas, rescale=rescale, **kw)
+
+
+def build_model(config: Union[str, GFLConfig] = "gfl_r50_fpn_1x_coco", **overrides: Any) -> GFL:
+    """A GFL from a preset name or config, with any field overridden by name.
+
+    The backbone starts from random weights; ``model.init_weights()`` loads ImageNet weights
+    when ``pretrained_backbone`` asks for them (the trainer does this).
+    """
+    return GFL(get_config(config, **overrides))

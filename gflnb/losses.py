@@ -1,0 +1,118 @@
+"""Quality Focal Loss, Distribution Focal Loss and the GIoU loss (GFL, Li et al. 2020).
+
+Per-sample functions return unreduced losses that stay in the autograd graph; ``reduce_loss``
+applies mmdetection's weight / avg_factor reduction (``sum(loss * weight) / (avg_factor + eps)``
+with eps the float32 machine epsilon, whatever the dtype).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .boxes import generalized_iou
+
+# mmdet divides by (avg_factor + float32 eps) regardless of the loss dtype.
+AVG_EPS = torch.finfo(torch.float32).eps
+
+
+class _QualityFocal(torch.autograd.Function):
+    """QFL with a hand-written backward that reads each element once.
+
+    With ``t`` the soft target (IoU score at the gt class of a positive, 0 elsewhere) and
+    ``p = sigmoid(x)``, the per-element loss is ``BCE(x, t) * |t - p|^beta``: for ``t = 0`` this
+    is the negative term ``BCE(x, 0) * p^beta``. Its derivative, with ``d = p - t``::
+
+        dL/dx = d * |d|^beta + BCE(x, t) * beta * |d|^(beta-1) * sign(d) * p * (1 - p)
+
+    Autograd through the plain expression stores six [N, C] intermediates; this stores the
+    inputs only and recomputes.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, beta: float) -> Tensor:
+        ctx.save_for_backward(logits, target)
+        ctx.beta = beta
+        p = logits.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return bce * (p - target).abs().pow(beta)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, target = ctx.saved_tensors
+        beta = ctx.beta
+        p = logits.sigmoid()
+        d = p - target
+        ad = d.abs()
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        if beta == 2.0:  # the paper's setting: |d|^2 and 2|d|sign(d) = 2d, no pow needed
+            grad = d * d * d + bce * 2.0 * d * p * (1 - p)
+        else:
+            grad = d * ad.pow(beta) + bce * beta * ad.pow(beta - 1) * torch.sign(d) * p * (1 - p)
+        return grad * grad_out, None, None
+
+
+def qfl_soft_target(logits: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
+    """``[N, C]`` target: ``scores[i]`` at ``(i, labels[i])`` for positives (label < C), else 0."""
+    num_classes = logits.shape[1]
+    target = torch.zeros_like(logits)
+    pos = (labels >= 0) & (labels < num_classes)
+    pos_idx = pos.nonzero().view(-1)
+    target[pos_idx, labels[pos_idx]] = scores[pos_idx].to(logits.dtype)
+    return target
+
+
+def quality_focal_loss(logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
+    """Quality Focal Loss per sample, summed over classes.
+
+    ``logits [N, C]``; ``labels [N]`` int64 with ``C`` meaning negative; ``scores [N]`` the IoU
+    targets (read for positives only). Neither modulating factor is detached. -> ``[N]``.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"quality_focal_loss: logits must be [N, C], got {tuple(logits.shape)}")
+    target = qfl_soft_target(logits, labels, scores)
+    return _QualityFocal.apply(logits, target, float(beta)).sum(dim=1)
+
+
+def quality_focal_loss_autograd(logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
+    """The same loss through plain autograd (the readable form; used to cross-check)."""
+    target = qfl_soft_target(logits, labels, scores)
+    p = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * (target - p).abs().pow(beta)).sum(dim=1)
+
+
+def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Distribution Focal Loss: ``logits [N, R+1]``, continuous ``target [N]`` in ``[0, R)``.
+
+    ``CE(z, floor(t)) * (floor(t)+1-t) + CE(z, floor(t)+1) * (t-floor(t))`` -> ``[N]``.
+    """
+    left = target.long()
+    right = left + 1
+    w_left = right.to(target.dtype) - target
+    w_right = target - left.to(target.dtype)
+    return (F.cross_entropy(logits, left, reduction="none") * w_left
+            + F.cross_entropy(logits, right, reduction="none") * w_right)
+
+
+def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """``1 - GIoU`` of aligned box pairs ``[N, 4]`` -> ``[N]``."""
+    return 1 - generalized_iou(pred, target, eps)
+
+
+def reduce_loss(loss: Tensor, weight: Optional[Tensor] = None, avg_factor: Optional[float] = None,
+                loss_weight: float = 1.0) -> Tensor:
+    """mmdet's weighted mean: ``loss_weight * sum(loss * weight) / (avg_factor + eps)``.
+
+    Without ``avg_factor`` it is the plain mean. A weight that is zero everywhere gives an exact
+    zero that stays in the graph (mmdet's IoU losses short-circuit the same way).
+    """
+    if weight is not None:
+        if weight.numel() and not bool((weight > 0).any()):
+            return (loss * weight).sum() * loss_weight
+        loss = loss * weight
+    if avg_factor is None:
+        return loss_weight * loss.mean()
+    return loss_weight * (loss.sum() / (avg_factor + AVG_EPS))
