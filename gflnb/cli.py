@@ -1,0 +1,151 @@
+"""``gflnb`` command line: synth, train, evaluate, benchmark.
+
+Bad input gives one line, ``gflnb: error: ...``, and exit status 2; never a traceback wall.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gflnb", description="Generalized Focal Loss: data, training, evaluation")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="write the synthetic dataset in COCO's layout")
+    s.add_argument("out")
+    s.add_argument("--num-train", type=int, default=1000)
+    s.add_argument("--num-val", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="train a preset on COCO-format data")
+    t.add_argument("--config", required=True)
+    t.add_argument("--train-ann", required=True)
+    t.add_argument("--train-images", required=True)
+    t.add_argument("--val-ann")
+    t.add_argument("--val-images")
+    t.add_argument("--work-dir", required=True)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--max-iters", type=int, help="stop (with a checkpoint) after this many iterations")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N iterations")
+    t.add_argument("--skip-bad-batches", type=int, default=0, metavar="N",
+                   help="skip up to N batches whose loss is not finite before stopping")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="COCO bbox evaluation of a checkpoint")
+    e.add_argument("--config", required=True)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--ann", required=True)
+    e.add_argument("--images", required=True)
+    e.add_argument("--out", required=True, help="COCO results JSON to write")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--no-progress", action="store_true")
+
+    b = sub.add_parser("benchmark", help="batch-1 inference speed")
+    b.add_argument("--config", default="gfl_r50_fpn_1x_coco")
+    b.add_argument("--shape", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--runs", type=int, default=20)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--checkpoint")
+    b.add_argument("--amp", action="store_true")
+    b.add_argument("--channels-last", action="store_true")
+    b.add_argument("--json", help="also write the result here")
+    return p
+
+
+def _overrides(items: Sequence[str]) -> dict:
+    from .config import parse_set
+    return dict(parse_set(i) for i in items)
+
+
+def _cmd_synth(a) -> None:
+    from .synth import make_dataset
+    paths = make_dataset(a.out, a.num_train, a.num_val, a.seed)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+
+
+def _cmd_train(a) -> None:
+    from .config import get_config
+    from .data import ann_stats
+    from .train import TrainOptions, train
+    over = _overrides(a.set)
+    over.setdefault("num_classes", ann_stats(a.train_ann)["num_classes"])
+    cfg = get_config(a.config, **over)
+    if bool(a.val_ann) != bool(a.val_images):
+        raise ValueError("--val-ann and --val-images go together")
+    opts = TrainOptions(a.train_ann, a.train_images, a.work_dir, a.val_ann, a.val_images, a.epochs, a.max_minutes,
+                        a.max_iters, a.resume, a.device, a.checkpoint_every, a.skip_bad_batches, not a.no_progress)
+    m = train(cfg, opts)
+    print(json.dumps({k: v for k, v in m.items() if k != "per_class"}))
+
+
+def _cmd_evaluate(a) -> None:
+    import torch
+
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .config import get_config
+    from .data import CocoDetection
+    from .detector import GFL
+    from .evaluate import evaluate_model, format_table
+    from .train import resolve_device
+    ck = read_checkpoint(a.checkpoint)
+    over = _overrides(a.set)
+    ds_cfg = get_config(a.config, **over)
+    ds = CocoDetection(a.ann, a.images, ds_cfg, train=False)
+    over.setdefault("num_classes", ds.num_classes)
+    cfg = get_config(a.config, pretrained_backbone=False, **over)
+    model = GFL(cfg)
+    load_checkpoint(model, ck)
+    device = resolve_device(a.device)
+    res = evaluate_model(model.to(device), ds, device, a.batch_size, a.out, not a.no_progress)
+    print(format_table(res, f"{cfg.name}: {a.checkpoint} on {a.ann}"))
+    Path(a.out).with_suffix(".metrics.json").write_text(json.dumps(res.to_dict(), indent=1))
+
+
+def _cmd_benchmark(a) -> None:
+    from .benchmark import benchmark_inference
+    r = benchmark_inference(a.config, tuple(a.shape), a.device, a.warmup, a.runs, a.checkpoint, a.amp,
+                            a.channels_last)
+    print(f"{r['config']} {r['shape'][0]}x{r['shape'][1]} (padded {r['padded'][0]}x{r['padded'][1]}) on "
+          f"{r['device_name']}, {r['threads']} threads, batch 1: median {r['median_s'] * 1000:.1f} ms "
+          f"(IQR {r['q1_s'] * 1000:.1f}-{r['q3_s'] * 1000:.1f} ms, {r['runs']} runs), {r['fps']:.2f} images/s")
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=1))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from .backbone import PretrainedWeightsError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .train import TrainingDiverged
+    warnings.simplefilter("default")
+    known = (ConfigError, CheckpointError, DataError, PretrainedWeightsError, TrainingDiverged, FileNotFoundError,
+             ValueError, KeyError, RuntimeError)
+    try:
+        {"synth": _cmd_synth, "train": _cmd_train, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark}[args.cmd](args)
+    except known as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"gflnb: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gflnb: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

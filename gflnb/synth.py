@@ -1,0 +1,222 @@
+"""A synthetic detection set in COCO's layout, with controlled boundary ambiguity.
+
+Textured shapes of four classes on cluttered backgrounds, 12 px to most of the image, with
+overlaps. Each object edge (left, top, right, bottom) is made deliberately clear or unclear:
+
+* **sharp**: the shape's edge is crisp;
+* **blurred**: the edge fades over a known Gaussian radius ``sigma`` px (a one-sided blur: only
+  that side of the object is softened);
+* **occluded**: a later object covers part of that edge.
+
+Every annotation records, per side, ``edge_blur`` (sigma in px), ``edge_occlusion`` (fraction of
+the edge hidden) and ``edge_ambiguity`` in [0, 1] (the larger of ``sigma / MAX_BLUR`` and the
+occluded fraction). pycocotools ignores these extra fields; the notebooks use them to test the
+paper's claim that DFL learns flat distributions on ambiguous edges and sharp ones on clear edges.
+
+Everything is a function of the seed, so a set can be regenerated bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+CLASSES = ("ellipse", "rectangle", "triangle", "cross")
+# Category ids deliberately not 0..C-1, so the label <-> id mapping is exercised as on COCO.
+CATEGORY_IDS = (3, 7, 11, 20)
+MAX_BLUR = 6.0  # px; the largest per-side blur sigma
+IMG_SIDE = (256, 320)
+OBJ_SIDE = (12, 240)
+# A side counts as occluded when this fraction of its boundary strip is covered.
+OCCLUSION_MIN = 0.2
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Low-frequency colour field plus unannotated clutter (lines, small blobs)."""
+    coarse = rng.uniform(40, 215, size=(rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 8, size=(h, w, 3)).astype(np.float32)
+    for _ in range(rng.integers(3, 12)):
+        color = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.line(img, p1, p2, color, int(rng.integers(1, 3)), cv2.LINE_AA)
+    for _ in range(rng.integers(0, 8)):
+        color = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(1, 5)), color, -1)
+    return img
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A coloured fill: flat, stripes, checker or noise."""
+    base = rng.uniform(0, 255, 3).astype(np.float32)
+    other = rng.uniform(0, 255, 3).astype(np.float32)
+    kind = rng.integers(0, 4)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == 0:
+        t = np.zeros((h, w), np.float32)
+    elif kind == 1:
+        period, ang = rng.uniform(4, 14), rng.uniform(0, math.pi)
+        t = (np.sin((xx * math.cos(ang) + yy * math.sin(ang)) * 2 * math.pi / period) > 0).astype(np.float32)
+    elif kind == 2:
+        cell = int(rng.integers(3, 10))
+        t = (((xx // cell) + (yy // cell)) % 2).astype(np.float32)
+    else:
+        t = cv2.GaussianBlur(rng.uniform(0, 1, (h, w)).astype(np.float32), (0, 0), 1.5)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    return base[None, None] * (1 - t[..., None]) + other[None, None] * t[..., None]
+
+
+def _shape_mask(cls: int, h: int, w: int, x0: int, y0: int, bw: int, bh: int, rng) -> np.ndarray:
+    """A binary mask of one shape whose tight box is exactly [x0, y0, x0+bw, y0+bh)."""
+    m = np.zeros((h, w), np.uint8)
+    x1, y1 = x0 + bw - 1, y0 + bh - 1
+    if cls == 0:
+        cv2.ellipse(m, (((x0 + x1) / 2, (y0 + y1) / 2), (float(bw), float(bh)), 0.0), 1, -1)
+    elif cls == 1:
+        m[y0:y1 + 1, x0:x1 + 1] = 1
+    elif cls == 2:
+        apex = x0 + int(rng.integers(0, bw))
+        pts = np.array([[apex, y0], [x0, y1], [x1, y1]], np.int32)
+        cv2.fillPoly(m, [pts], 1)
+    else:
+        tw, th = max(2, bw // 3), max(2, bh // 3)
+        cx, cy = x0 + (bw - tw) // 2, y0 + (bh - th) // 2
+        m[y0:y1 + 1, cx:cx + tw] = 1
+        m[cy:cy + th, x0:x1 + 1] = 1
+    return m
+
+
+def _one_sided_blur(alpha: np.ndarray, sig: list[float], cx: float, cy: float) -> np.ndarray:
+    """Blur the left/right halves horizontally and top/bottom halves vertically by their sigmas."""
+    h, w = alpha.shape
+    out = alpha
+    xs = np.arange(w)[None, :]
+    ys = np.arange(h)[:, None]
+    for (s_a, s_b), axis in (((sig[0], sig[2]), 1), ((sig[1], sig[3]), 0)):
+        blurred = []
+        for s in (s_a, s_b):
+            if s <= 0:
+                blurred.append(out)
+                continue
+            k = int(2 * math.ceil(3 * s) + 1)
+            ks = (k, 1) if axis == 1 else (1, k)
+            blurred.append(cv2.GaussianBlur(out, ks, sigmaX=s if axis == 1 else 0, sigmaY=s if axis == 0 else 0))
+        first = (xs < cx) if axis == 1 else (ys < cy)
+        out = np.where(first, blurred[0], blurred[1])
+    return out
+
+
+def render_image(rng: np.random.Generator, blur_prob: float = 0.35) -> tuple[np.ndarray, list[dict]]:
+    """One image (BGR uint8) and its objects (box xyxy in px, class, per-side ambiguity)."""
+    h, w = (int(v) for v in rng.integers(IMG_SIDE[0], IMG_SIDE[1] + 1, size=2))
+    img = _background(rng, h, w)
+    n = int(rng.integers(1, 7))
+    objs, masks = [], []
+    for _ in range(n):
+        # log-uniform sizes: many small objects, some large ones
+        side = math.exp(rng.uniform(math.log(OBJ_SIDE[0]), math.log(min(OBJ_SIDE[1], 0.85 * min(h, w)))))
+        ar = math.exp(rng.uniform(-0.5, 0.5))
+        bw, bh = max(12, int(side * ar)), max(12, int(side / ar))
+        bw, bh = min(bw, w - 2), min(bh, h - 2)
+        x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        cls = int(rng.integers(0, len(CLASSES)))
+        mask = _shape_mask(cls, h, w, x0, y0, bw, bh, rng)
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            continue
+        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        sig = [float(rng.uniform(1.5, MAX_BLUR)) if rng.uniform() < blur_prob else 0.0 for _ in range(4)]
+        alpha = _one_sided_blur(mask.astype(np.float32), sig, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        tex = _texture(rng, h, w)
+        img = img * (1 - alpha[..., None]) + tex * alpha[..., None]
+        objs.append(dict(cls=cls, box=box, blur=sig))
+        masks.append(mask)
+    # occlusion: the fraction of each side's boundary strip covered by objects drawn later
+    for i, o in enumerate(objs):
+        later = np.zeros_like(masks[i])
+        for m in masks[i + 1:]:
+            later |= m
+        x0, y0, x1, y1 = (int(v) for v in o["box"])
+        mask = masks[i]
+        strips = []
+        band = max(1, min(x1 - x0, y1 - y0) // 6)
+        for sl in ((slice(y0, y1), slice(x0, x0 + band)), (slice(y0, y0 + band), slice(x0, x1)),
+                   (slice(y0, y1), slice(x1 - band, x1)), (slice(y1 - band, y1), slice(x0, x1))):
+            edge = mask[sl].astype(bool)
+            covered = (edge & later[sl].astype(bool)).sum()
+            strips.append(float(covered / max(edge.sum(), 1)))
+        o["occlusion"] = strips
+        o["visible"] = float((mask.astype(bool) & ~later.astype(bool)).sum() / max(mask.sum(), 1))
+        o["area"] = float(mask.sum())
+    img = np.clip(img + rng.normal(0, 3, size=img.shape), 0, 255).astype(np.uint8)
+    return img, objs
+
+
+def ambiguity(blur: list[float], occlusion: list[float]) -> list[float]:
+    return [round(max(min(b / MAX_BLUR, 1.0), o if o >= OCCLUSION_MIN else 0.0), 4) for b, o in zip(blur, occlusion)]
+
+
+def write_split(out: Path, split: str, num: int, seed: int, progress: bool = True) -> Path:
+    from tqdm import tqdm
+    img_dir = out / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    ss = np.random.SeedSequence([seed, {"train": 0, "val": 1}.get(split, 2)])
+    for i, child in enumerate(tqdm(ss.spawn(num), desc=f"synth {split}", disable=not progress, unit="img")):
+        rng = np.random.default_rng(child)
+        img, objs = render_image(rng)
+        name = f"{split}_{i:06d}.jpg"
+        cv2.imwrite(str(img_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        images.append(dict(id=i + 1, file_name=name, height=int(img.shape[0]), width=int(img.shape[1])))
+        for o in objs:
+            if o["visible"] < 0.25:  # an object mostly hidden is not annotated, as a person would not
+                continue
+            x0, y0, x1, y1 = o["box"]
+            anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=CATEGORY_IDS[o["cls"]],
+                             bbox=[x0, y0, x1 - x0, y1 - y0], area=o["area"], iscrowd=0,
+                             edge_blur=[round(b, 3) for b in o["blur"]],
+                             edge_occlusion=[round(v, 3) for v in o["occlusion"]],
+                             edge_ambiguity=ambiguity(o["blur"], o["occlusion"])))
+    cats = [dict(id=c, name=n, supercategory="shape") for c, n in zip(CATEGORY_IDS, CLASSES)]
+    ann_dir = out / "annotations"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    path = ann_dir / f"instances_{split}.json"
+    info = dict(description="gflnb synthetic shapes with controlled boundary ambiguity", seed=seed,
+                max_blur=MAX_BLUR)
+    path.write_text(json.dumps(dict(info=info, images=images, annotations=anns, categories=cats)))
+    return path
+
+
+def make_dataset(out: str | Path, num_train: int = 1000, num_val: int = 200, seed: int = 0,
+                 progress: bool = True) -> dict[str, Path]:
+    """Write ``out/{train,val}/`` images and ``out/annotations/instances_{train,val}.json``."""
+    out = Path(out)
+    paths = {}
+    for split, n in (("train", num_train), ("val", num_val)):
+        if n > 0:
+            paths[split] = write_split(out, split, n, seed, progress)
+    return paths
+
+
+def dataset_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(annotation file, image dir)`` of a split written by :func:`make_dataset`."""
+    root = Path(root)
+    return root / "annotations" / f"instances_{split}.json", root / split
+
+
+def ensure_dataset(root: str | Path, num_train: int, num_val: int, seed: int = 0,
+                   progress: bool = True) -> Optional[Path]:
+    """Generate the set unless an identical one (same counts and seed) is already there."""
+    root = Path(root)
+    stamp = root / "annotations" / "synth.json"
+    want = dict(num_train=num_train, num_val=num_val, seed=seed)
+    if stamp.exists() and json.loads(stamp.read_text()) == want:
+        return root
+    make_dataset(root, num_train, num_val, seed, progress)
+    stamp.write_text(json.dumps(want))
+    return root

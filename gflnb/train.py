@@ -1,0 +1,277 @@
+"""The training engine: SGD/AdamW with warmup and step decay, AMP on CUDA, DDP under torchrun,
+atomic checkpoints, exact resumption and a JSON-lines log of every iteration.
+
+A run's state is (epoch, batches done in the epoch, global iteration, model, optimizer, AMP
+scaler). The learning rate is a pure function of (epoch, global iteration) and the batch order a
+pure function of (seed, epoch), so ``--resume`` continues exactly where the checkpoint left off.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import dist
+from .checkpoint import atomic_save, read_checkpoint
+from .config import GFLConfig, from_dict
+from .data import CocoDetection, epoch_batches, make_loader
+from .detector import GFL
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainOptions:
+    train_ann: str
+    train_images: str
+    work_dir: str
+    val_ann: Optional[str] = None
+    val_images: Optional[str] = None
+    epochs: Optional[int] = None  # overrides the preset's
+    max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much training time
+    max_iters: Optional[int] = None  # stop (with a checkpoint) after this many iterations in total
+    resume: bool = False
+    device: str = "auto"
+    checkpoint_every: int = 0  # also checkpoint every N iterations (0: epoch ends and stops only)
+    skip_bad_batches: int = 0  # tolerate this many non-finite losses (skipped, counted) before stopping
+    progress: bool = True
+    eval_batch_size: int = 8
+    keep_epoch_checkpoints: bool = True
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but CUDA is not available here")
+    return torch.device(device)
+
+
+def lr_at(cfg: GFLConfig, base_lr: float, epoch: int, global_iter: int) -> float:
+    """Linear warmup by iteration (from ``warmup_ratio``) times step decay by epoch."""
+    f = 1.0
+    if global_iter < cfg.warmup_iters:
+        f = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * global_iter / cfg.warmup_iters
+    return base_lr * f * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+def build_optimizer(cfg: GFLConfig, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class _LossModule(nn.Module):
+    """DDP synchronises gradients through ``forward``: route the loss through it."""
+
+    def __init__(self, model: GFL):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets, metas):
+        return self.model.loss(images, targets, metas)
+
+
+class JsonlLog:
+    """Append-only JSON lines, each written with one ``write`` call and flushed."""
+
+    def __init__(self, path: Path, keep_until_iter: Optional[int] = None):
+        self.path = path
+        if keep_until_iter is not None and path.exists():  # drop what a killed run logged past its checkpoint
+            keep = []
+            for ln in path.read_text().splitlines():
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("iter", 0) <= keep_until_iter:
+                    keep.append(ln)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in keep))
+            os.replace(tmp, path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, rec: dict) -> None:
+        os.write(self.fd, (json.dumps(rec) + "\n").encode())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _save(path: Path, model: GFL, optimizer, scaler, state: dict, cfg: GFLConfig, classes: list[str],
+          label2cat: dict) -> None:
+    meta = dict(config=cfg.to_dict(), classes=classes, label2cat={int(k): int(v) for k, v in label2cat.items()},
+                gflnb=True, **state)
+    atomic_save(dict(state_dict=model.state_dict(), meta=meta, optimizer=optimizer.state_dict(),
+                     scaler=scaler.state_dict() if scaler is not None else None,
+                     torch_rng=torch.get_rng_state()), path)
+
+
+def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
+    """Train ``cfg`` on COCO-format data; returns the final metrics (also written to the work dir)."""
+    if opts.epochs is not None:
+        cfg = from_dict({**cfg.to_dict(), "epochs": int(opts.epochs)})
+    work = Path(opts.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = resolve_device(opts.device)
+    if distributed and not dist.is_dist():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world = dist.rank(), dist.world_size()
+    main = rank == 0
+    torch.manual_seed(cfg.seed)
+
+    train_ds = CocoDetection(opts.train_ann, opts.train_images, cfg, train=True)
+    if train_ds.num_classes != cfg.num_classes:
+        raise ValueError(f"config has num_classes={cfg.num_classes} but {opts.train_ann} has "
+                         f"{train_ds.num_classes} categories")
+    model = GFL(cfg)
+    latest = work / "latest.pth"
+    state = dict(epoch=0, iter_in_epoch=0, global_iter=0, bad_batches=0)
+    ckpt = None
+    if opts.resume:
+        if not latest.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint {latest} to resume from")
+        ckpt = read_checkpoint(latest)
+        saved = from_dict(ckpt["meta"]["config"])
+        if saved != cfg:
+            diff = [k for k, v in saved.to_dict().items() if cfg.to_dict().get(k) != v]
+            raise ValueError(f"--resume: the checkpoint's config differs in {', '.join(diff)}")
+        model.load_state_dict(ckpt["state_dict"])
+        state.update({k: ckpt["meta"][k] for k in state})
+    else:
+        model.init_weights()
+    model.to(device)
+    total_batch = cfg.batch_size * world
+    base_lr = cfg.lr * total_batch / cfg.base_batch_size
+    optimizer = build_optimizer(cfg, model, base_lr)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+    loss_module = _LossModule(model)
+    if distributed:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+
+    log = JsonlLog(work / "log.jsonl", keep_until_iter=state["global_iter"] if opts.resume else None) if main else None
+    if main:
+        (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    groups = train_ds.aspect_groups()
+    t_start = time.perf_counter()
+    stop_reason = "finished"
+    save = lambda path: _save(path, model, optimizer, scaler, state, cfg, train_ds.class_names,  # noqa: E731
+                              train_ds.label2cat) if main else None
+    try:
+        while state["epoch"] < cfg.epochs:
+            epoch = state["epoch"]
+            train_ds.set_epoch(epoch)
+            batches = epoch_batches(groups, cfg.batch_size, cfg.seed, epoch, True, rank, world)
+            todo = batches[state["iter_in_epoch"]:]
+            model.train()
+            bar = tqdm(total=len(batches), initial=state["iter_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="it", disable=not (opts.progress and main), dynamic_ncols=True)
+            t_data = time.perf_counter()
+            stop = False
+            for images, targets, metas in make_loader(train_ds, todo, cfg.num_workers):
+                t0 = time.perf_counter()
+                lr = lr_at(cfg, base_lr, epoch, state["global_iter"])
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                images = images.to(device, non_blocking=True)
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = loss_module(images, targets, metas)
+                loss = sum(losses.values())
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                optimizer.zero_grad(set_to_none=True)
+                if bad:
+                    state["bad_batches"] += 1
+                    msg = (f"non-finite {', '.join(bad)} at iteration {state['global_iter'] + 1} "
+                           f"(epoch {epoch + 1}): {values}")
+                    if state["bad_batches"] > opts.skip_bad_batches:
+                        raise TrainingDiverged(msg + f"; the last good checkpoint is {latest}")
+                    if main:
+                        log.write(dict(event="skipped_batch", iter=state["global_iter"], reason=msg))
+                else:
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t1 = time.perf_counter()
+                state["global_iter"] += 1
+                state["iter_in_epoch"] += 1
+                if main:
+                    rec = dict(iter=state["global_iter"], epoch=epoch + 1, lr=lr, **values,
+                               loss=sum(values.values()), data_time=round(t0 - t_data, 5),
+                               step_time=round(t1 - t0, 5), imgs_per_s=round(len(metas) * world / (t1 - t_data), 2))
+                    log.write(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
+                bar.update(1)
+                t_data = time.perf_counter()
+                elapsed = (t_data - t_start) / 60
+                if opts.max_minutes is not None and elapsed >= opts.max_minutes:
+                    stop, stop_reason = True, f"time budget of {opts.max_minutes} min"
+                elif opts.max_iters is not None and state["global_iter"] >= opts.max_iters:
+                    stop, stop_reason = True, f"max_iters={opts.max_iters}"
+                if stop:
+                    break
+                if opts.checkpoint_every and state["global_iter"] % opts.checkpoint_every == 0:
+                    save(latest)
+            bar.close()
+            if stop:
+                save(latest)
+                break
+            state["epoch"] += 1
+            state["iter_in_epoch"] = 0
+            if main:
+                save(latest)
+                if opts.keep_epoch_checkpoints:
+                    save(work / f"epoch_{state['epoch']}.pth")
+    finally:
+        if log is not None:
+            log.close()
+    train_minutes = (time.perf_counter() - t_start) / 60
+    metrics: dict[str, Any] = dict(stop_reason=stop_reason, train_minutes=round(train_minutes, 3),
+                                   iterations=state["global_iter"], epoch=state["epoch"],
+                                   iter_in_epoch=state["iter_in_epoch"], checkpoint=str(latest))
+    if main and opts.val_ann and opts.val_images:
+        from .evaluate import evaluate_model, format_table
+        val_ds = CocoDetection(opts.val_ann, opts.val_images, cfg, train=False)
+        res = evaluate_model(model, val_ds, device, opts.eval_batch_size, work / "val_results.json", opts.progress)
+        metrics.update(res.to_dict())
+        print(format_table(res, f"{cfg.name} on {opts.val_ann}"))
+    if main:
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return metrics
