@@ -197,13 +197,15 @@ class GFLHead(nn.Module):
     @torch.no_grad()
     def predict(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], metas: Sequence[Mapping[str, Any]],
                 rescale: bool = False, score_thr: float = 0.05, nms_pre: int = 1000, iou_threshold: float = 0.6,
-                max_per_img: int = 100, min_bbox_size: float = 0, with_nms: bool = True) -> list[dict[str, Tensor]]:
+                max_per_img: int = 100, min_bbox_size: float = 0, with_nms: bool = True,
+                with_dist: bool = False) -> list[dict[str, Tensor]]:
         """Detections per image: ``dict(boxes [K, 4], scores [K], labels [K])``, by descending score.
 
         mmdet 3.x filtering: per level, the (anchor, class) pairs scoring > ``score_thr``, the
         best ``nms_pre`` pairs, decoded from anchor centres and clamped to ``img_shape``; then
         optional rescale to the original image, the w>min and h>min filter, class-aware NMS and
-        the first ``max_per_img``.
+        the first ``max_per_img``. ``with_dist=True`` adds ``dists [K, 4, R+1]``: each detection's
+        per-side bin probabilities (left, top, right, bottom), and ``strides [K]``.
         """
         featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
         device = cls_scores[0].device
@@ -211,7 +213,7 @@ class GFLHead(nn.Module):
         results = []
         for i, meta in enumerate(metas):
             img_shape = _meta(meta, "img_shape", i)
-            boxes_l, scores_l, labels_l = [], [], []
+            boxes_l, scores_l, labels_l, dists_l, strides_l = [], [], [], [], []
             for cls, reg, anchors, s in zip(cls_scores, bbox_preds, level_anchors, self.strides):
                 scores = cls[i].permute(1, 2, 0).reshape(-1, self.num_classes).sigmoid()  # [HW, C]
                 keep = scores > score_thr
@@ -225,15 +227,21 @@ class GFLHead(nn.Module):
                 boxes_l.append(distance2bbox(anchor_centers(anchors[a_idx]), dists, max_shape=img_shape))
                 scores_l.append(cand[:n])
                 labels_l.append(labels)
+                if with_dist:
+                    dists_l.append(logits.reshape(-1, 4, self.reg_max + 1).softmax(-1))
+                    strides_l.append(torch.full((n,), s, device=device))
             boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
+            extra = dict(dists=torch.cat(dists_l), strides=torch.cat(strides_l)) if with_dist else {}
             if rescale:
                 sw, sh = _meta(meta, "scale_factor", i)[:2]
                 boxes = scale_boxes(boxes, (1 / sw, 1 / sh))
             if min_bbox_size >= 0:
                 ok = ((boxes[:, 2] - boxes[:, 0]) > min_bbox_size) & ((boxes[:, 3] - boxes[:, 1]) > min_bbox_size)
                 boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+                extra = {k: v[ok] for k, v in extra.items()}
             if with_nms and boxes.numel() > 0:
                 keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_per_img]
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            results.append(dict(boxes=boxes, scores=scores, labels=labels))
+                extra = {k: v[keep] for k, v in extra.items()}
+            results.append(dict(boxes=boxes, scores=scores, labels=labels, **extra))
         return results

@@ -1,0 +1,278 @@
+"""Plotting helpers for the notebooks (matplotlib and seaborn). Every function returns its figure."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import torch.nn.functional as F
+from matplotlib import patches
+
+from .analysis import SIDES, correlation
+
+PALETTE = sns.color_palette("colorblind", 10)
+
+
+def setup() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "axes.titleweight": "bold"})
+
+
+# ------------------------------------------------------------------ chapter 1: QFL
+def qfl_family(sigma: np.ndarray, y: float, beta: float) -> dict[str, np.ndarray]:
+    """BCE, focal loss (one-hot y) and QFL (soft y) as functions of the predicted score sigma."""
+    s = torch.tensor(sigma, dtype=torch.float64)
+    x = torch.logit(s)
+    bce = F.binary_cross_entropy_with_logits(x, torch.full_like(x, y), reduction="none")
+    qfl = bce * (y - s).abs().pow(beta)
+    hard = 1.0 if y > 0 else 0.0
+    bce_hard = F.binary_cross_entropy_with_logits(x, torch.full_like(x, hard), reduction="none")
+    pt = s if hard else 1 - s
+    focal = bce_hard * (1 - pt).pow(beta)  # focal loss with alpha = 1 on the one-hot target
+    return dict(BCE=bce.numpy(), FL=focal.numpy(), QFL=qfl.numpy())
+
+
+def plot_qfl_vs_focal(y: float = 0.7, betas: Sequence[float] = (0.5, 1, 2, 4)):
+    """QFL for several beta against BCE and focal loss, and QFL's gradient w.r.t. the logit."""
+    sigma = np.linspace(0.001, 0.999, 400)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    base = qfl_family(sigma, y, 2.0)
+    axes[0].plot(sigma, base["BCE"], label=f"BCE (soft target {y})", color="0.4", ls="--")
+    axes[0].plot(sigma, base["FL"], label="focal loss (one-hot target 1, beta=2)", color=PALETTE[3])
+    for i, b in enumerate(betas):
+        axes[0].plot(sigma, qfl_family(sigma, y, b)["QFL"], label=f"QFL beta={b}", color=PALETTE[i])
+    axes[0].axvline(y, color="k", lw=0.8)
+    axes[0].set(xlabel=r"predicted score $\sigma$", ylabel="loss", title=f"positive, IoU target y = {y}", ylim=(0, 2))
+    axes[0].legend(fontsize=8)
+    for i, b in enumerate(betas):
+        axes[1].plot(sigma, qfl_family(sigma, 0.0, b)["QFL"], label=f"QFL beta={b} (= focal loss)", color=PALETTE[i])
+    axes[1].plot(sigma, qfl_family(sigma, 0.0, 2)["BCE"], label="BCE", color="0.4", ls="--")
+    axes[1].set(xlabel=r"predicted score $\sigma$", ylabel="loss", title="negative (y = 0)", ylim=(0, 3))
+    axes[1].legend(fontsize=8)
+    for i, b in enumerate(betas):
+        x = torch.logit(torch.tensor(sigma)).requires_grad_()
+        from .losses import _QualityFocal
+        loss = _QualityFocal.apply(x, torch.full_like(x, y), float(b))
+        loss.sum().backward()
+        axes[2].plot(sigma, x.grad.numpy(), label=f"beta={b}", color=PALETTE[i])
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].axvline(y, color="k", lw=0.8)
+    axes[2].set(xlabel=r"predicted score $\sigma$", ylabel=r"$\partial$QFL / $\partial$logit",
+                title=f"gradient (target y = {y})")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_vs_iou(results: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Predicted score against true IoU, one panel per method; Pearson r over the positives."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, (name, (iou, score, pos)) in zip(axes, results.items()):
+        c = correlation(iou[pos], score[pos])
+        ax.scatter(iou[~pos], score[~pos], s=5, alpha=0.3, color="0.6", label="negatives (background)")
+        ax.scatter(iou[pos], score[pos], s=5, alpha=0.4, color=PALETTE[0], label="positives")
+        ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
+        ax.set(xlabel="true IoU of the box", ylabel="predicted score",
+               title=f"{name}\nPearson r (positives) = {c['pearson']:.2f}", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ chapter 2: DFL
+def plot_distributions(dists: dict[str, np.ndarray], target: float, reg_max: int):
+    """Bar plots of distributions over bins 0..reg_max, with the target and each expectation."""
+    fig, axes = plt.subplots(1, len(dists), figsize=(4.2 * len(dists), 3.4), sharey=True)
+    bins = np.arange(reg_max + 1)
+    for ax, (name, p) in zip(np.atleast_1d(axes), dists.items()):
+        ax.bar(bins, p, color=PALETTE[0], width=0.8)
+        ax.axvline(target, color=PALETTE[3], lw=2, label=f"target y = {target}")
+        ax.axvline((p * bins).sum(), color="k", ls="--", label=f"Integral = {(p * bins).sum():.2f}")
+        ax.set(title=name, xlabel="bin (stride units)", ylabel="probability")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dfl_trajectory(snapshots: list[tuple[int, np.ndarray]], target: float, reg_max: int):
+    """Small multiples: a distribution at several steps of gradient descent on DFL."""
+    fig, axes = plt.subplots(1, len(snapshots), figsize=(2.8 * len(snapshots), 2.8), sharey=True)
+    bins = np.arange(reg_max + 1)
+    for ax, (step, p) in zip(np.atleast_1d(axes), snapshots):
+        ax.bar(bins, p, color=PALETTE[0], width=0.8)
+        ax.axvline(target, color=PALETTE[3], lw=1.5)
+        ax.set(title=f"step {step}", xlabel="bin")
+    np.atleast_1d(axes)[0].set_ylabel("probability")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ chapter 3: training
+def plot_training(log: pd.DataFrame, smooth: int = 20):
+    """Loss terms, total loss, learning rate and throughput against iteration."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5))
+    w = max(1, min(smooth, len(log) // 5 or 1))
+    for i, k in enumerate(("loss_cls", "loss_bbox", "loss_dfl")):
+        axes[0, 0].plot(log["iter"], log[k].rolling(w, min_periods=1).mean(), label=k, color=PALETTE[i])
+    axes[0, 0].set(title="loss terms (rolling mean)", xlabel="iteration", ylabel="loss")
+    axes[0, 0].legend()
+    axes[0, 1].plot(log["iter"], log["loss"], color="0.75", lw=0.6, label="per iteration")
+    axes[0, 1].plot(log["iter"], log["loss"].rolling(w, min_periods=1).mean(), color="k", label=f"rolling mean ({w})")
+    axes[0, 1].set(title="total loss", xlabel="iteration")
+    axes[0, 1].legend()
+    axes[1, 0].plot(log["iter"], log["lr"], color=PALETTE[2])
+    axes[1, 0].set(title="learning rate (warmup, then step decay)", xlabel="iteration", ylabel="lr")
+    axes[1, 1].plot(log["iter"], log["imgs_per_s"].rolling(w, min_periods=1).mean(), color=PALETTE[4])
+    axes[1, 1].set(title=f"throughput: median {log['imgs_per_s'].median():.1f} images/s", xlabel="iteration",
+                   ylabel="images / s")
+    fig.tight_layout()
+    return fig
+
+
+def draw_detections(ax, img_bgr: np.ndarray, det: dict, names: Sequence[str], gts: Optional[np.ndarray] = None,
+                    score_thr: float = 0.3, title: str = ""):
+    """An image with its detections above ``score_thr`` (and gts dashed)."""
+    ax.imshow(img_bgr[..., ::-1])
+    if gts is not None:
+        for b in gts:
+            ax.add_patch(patches.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="white",
+                                           ls="--", lw=1.2))
+    for b, s, lab in zip(det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy()):
+        if s < score_thr:
+            continue
+        color = PALETTE[int(lab) % len(PALETTE)]
+        ax.add_patch(patches.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec=color, lw=2))
+        ax.text(b[0], b[1] - 2, f"{names[int(lab)]} {s:.2f}", color="white", fontsize=7,
+                bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+
+
+# ------------------------------------------------------------------ chapter 4: evaluation
+def plot_ap_comparison(ours: dict[str, float], seed: Optional[dict[str, float]], title: str):
+    keys = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(keys))
+    ax.bar(x - 0.2 if seed else x, [ours[k] for k in keys], width=0.4, label="this run", color=PALETTE[0])
+    if seed:
+        ax.bar(x + 0.2, [seed.get(k, np.nan) for k in keys], width=0.4, label="seed table (COCO)", color=PALETTE[1])
+    ax.set_xticks(x, keys)
+    ax.set(ylabel="AP (%)", title=title, ylim=(0, 100))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(precision: np.ndarray, names: Sequence[str]):
+    """Precision-recall at IoU 0.5 and 0.75 per class (COCOeval's [T, R, K, A, M] array, area all, 100 dets)."""
+    rec = np.linspace(0, 1, precision.shape[1])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, (t, thr) in zip(axes, ((0, 0.5), (5, 0.75))):
+        for k, n in enumerate(names):
+            p = precision[t, :, k, 0, -1]
+            if (p > -1).any():
+                ax.plot(rec, np.where(p > -1, p, np.nan), label=n, color=PALETTE[k % len(PALETTE)])
+        ax.set(xlabel="recall", ylabel="precision", title=f"IoU = {thr}", xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(score: np.ndarray, iou: np.ndarray, bins: int = 10):
+    """Score against IoU with the best same-class gt: scatter, binned means and Pearson r."""
+    c = correlation(score, iou)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    axes[0].hexbin(iou, score, gridsize=30, cmap="Blues", mincnt=1, bins="log")
+    axes[0].set(xlabel="IoU with the best-matching gt", ylabel="score",
+                title=f"score vs IoU: Pearson r = {c['pearson']:.3f}, Spearman = {c['spearman']:.3f} (n={c['n']})")
+    edges = np.linspace(0, 1, bins + 1)
+    mid = (edges[:-1] + edges[1:]) / 2
+    which = np.clip(np.digitize(score, edges) - 1, 0, bins - 1)
+    mean_iou = [iou[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+    axes[1].plot(mid, mean_iou, "o-", color=PALETTE[0], label="mean IoU per score bin")
+    axes[1].plot([0, 1], [0, 1], "k--", lw=0.8, label="score = IoU")
+    axes[1].set(xlabel="score", ylabel="mean IoU", title="reliability: does the score predict IoU?", xlim=(0, 1),
+                ylim=(0, 1))
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ chapter 5: learned distributions
+def draw_box_distribution(ax, img_bgr: np.ndarray, box: np.ndarray, dist: np.ndarray, stride: float,
+                          scale: Sequence[float] = (1.0, 1.0), color=None, label: str = ""):
+    """A box with each side's distribution drawn as a density profile across that side.
+
+    ``dist [4, R+1]`` over distances (stride units) from the anchor centre; the profile shows where
+    the model believes the edge is: narrow for a clear edge, spread for an ambiguous one.
+    """
+    color = color or PALETTE[0]
+    ax.imshow(img_bgr[..., ::-1])
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=1.5))
+    bins = np.arange(dist.shape[1])
+    for k in range(4):
+        p = dist[k]
+        s = stride / (scale[0] if k % 2 == 0 else scale[1])
+        offs = (bins - (p * bins).sum()) * s  # bin positions relative to the expected edge, pixels
+        height = p / p.max() * 0.25 * min(x2 - x1, y2 - y1)
+        if k == 0:
+            ax.fill_between(x1 - offs, cy, cy - height, color=color, alpha=0.5)
+        elif k == 2:
+            ax.fill_between(x2 + offs, cy, cy - height, color=color, alpha=0.5)
+        elif k == 1:
+            ax.fill_betweenx(y1 - offs, cx, cx + height, color=color, alpha=0.5)
+        else:
+            ax.fill_betweenx(y2 + offs, cx, cx + height, color=color, alpha=0.5)
+    ax.set_axis_off()
+    if label:
+        ax.set_title(label, fontsize=8)
+
+
+def plot_side_profiles(dists: np.ndarray, titles: Sequence[str], ambiguity: Optional[np.ndarray] = None):
+    """Per-side bar profiles of several detections: rows are detections, columns sides."""
+    n = len(dists)
+    fig, axes = plt.subplots(n, 4, figsize=(11, 1.7 * n), sharex=True, squeeze=False)
+    bins = np.arange(dists.shape[-1])
+    for i in range(n):
+        for k in range(4):
+            ax = axes[i, k]
+            a = None if ambiguity is None else ambiguity[i, k]
+            col = PALETTE[3] if a is not None and a > 0 else PALETTE[0]
+            ax.bar(bins, dists[i, k], color=col, width=0.85)
+            ax.set_ylim(0, 1)
+            if i == 0:
+                ax.set_title(SIDES[k])
+            if a is not None:
+                ax.text(0.98, 0.9, f"ambiguity {a:.2f}", transform=ax.transAxes, ha="right", fontsize=7)
+        axes[i, 0].set_ylabel(titles[i], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_spread_vs_truth(edges: pd.DataFrame, spread: str = "entropy"):
+    """Spread of each side's distribution against the edge's recorded ambiguity and the actual error."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    if "ambiguity" in edges:
+        kind = np.where(edges["blur"] > 0, "blurred", np.where(edges["occlusion"] >= 0.2, "occluded", "clear"))
+        e = edges.assign(edge=kind)
+        sns.boxplot(data=e, x="edge", y=spread, order=["clear", "blurred", "occluded"], ax=axes[0],
+                    hue="edge", palette="colorblind", legend=False)
+        c = correlation(edges["ambiguity"], edges[spread])
+        axes[0].set(title=f"{spread} by edge kind\nr(ambiguity, {spread}) = {c['pearson']:.2f} (n={c['n']})")
+        blurred = edges[edges["blur"] > 0]
+        cb = correlation(blurred["blur"], blurred["std_px"])
+        axes[1].scatter(blurred["blur"], blurred["std_px"], s=8, alpha=0.5, color=PALETTE[1])
+        axes[1].set(xlabel="blur sigma of the edge (px)", ylabel="distribution std (px)",
+                    title=f"blurred edges: r = {cb['pearson']:.2f} (n={cb['n']})")
+    ce = correlation(edges["abs_err_px"], edges[spread])
+    axes[2].scatter(edges[spread], edges["abs_err_px"], s=6, alpha=0.4, color=PALETTE[2])
+    axes[2].set(xlabel=spread, ylabel="|predicted side - gt side| (px)", yscale="symlog",
+                title=f"spread vs localisation error: r = {ce['pearson']:.2f}")
+    fig.tight_layout()
+    return fig

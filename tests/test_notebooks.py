@@ -1,0 +1,136 @@
+"""Every notebook executed by papermill on tiny parameters, the book built from them, and every
+built page opened in headless Chromium."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gflnb.book import ROOT, build_book, execute, records
+from gflnb.synth import dataset_paths, make_dataset
+
+NB = ROOT / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nb")
+    make_dataset(tmp / "synth", num_train=12, num_val=4, seed=3, progress=False)
+    val_ann, val_img = (str(p) for p in dataset_paths(tmp / "synth", "val"))
+    ck = str(tmp / "run" / "latest.pth")
+    params = {
+        "01_quality_focal_loss": dict(target_iou=0.6, betas=[1.0, 2.0], toy_steps=30, toy_samples=400),
+        "02_distribution_focal_loss": dict(target=3.7, steps=200, reg_max=8),
+        "03_training": dict(data_root=str(tmp / "synth"), num_train=12, num_val=4, epochs=3, max_minutes=2.0,
+                            work_dir=str(tmp / "run"), overrides={"warmup_iters": 2, "batch_size": 4}),
+        "04_coco_evaluation": dict(checkpoint=ck, ann=val_ann, images=val_img, score_thr=0.0,
+                                   results_file=str(tmp / "eval" / "results.json")),
+        "05_learned_distributions": dict(checkpoint=ck, ann=val_ann, images=val_img, max_images=4, gallery_size=2,
+                                         score_thr=0.0, iou_match=0.05),
+    }
+    book = tmp / "book"
+    book.mkdir()
+    for f in ("_config.yml", "_toc.yml", "intro.md"):
+        shutil.copy(ROOT / "book" / f, book / f)
+    out = {}
+    for name, p in params.items():
+        path = book / "notebooks" / f"{name}.ipynb"
+        execute(NB / f"{name}.py", path, p, cwd=NB, timeout=600)
+        out[name] = (path, p)
+    return dict(book=book, notebooks=out, tmp=tmp)
+
+
+MIN_FIGURES = {"01_quality_focal_loss": 2, "02_distribution_focal_loss": 5, "03_training": 3,
+               "04_coco_evaluation": 4, "05_learned_distributions": 3}
+
+
+@pytest.mark.parametrize("name", list(MIN_FIGURES))
+def test_notebook_ran_with_injected_parameters_and_drew_figures(executed, name):
+    path, params = executed["notebooks"][name]
+    nb = nbformat.read(str(path), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1
+    ns = {}
+    exec(injected[0].source, ns)  # the injected cell is plain assignments
+    assert {k: ns[k] for k in params} == params
+    pngs = sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    assert pngs >= MIN_FIGURES[name], f"{name}: {pngs} figures"
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    rec = records(path)
+    assert len(rec) == 1
+    rec = rec[0]
+    if name == "01_quality_focal_loss":
+        assert rec["target_iou"] == 0.6 and rec["toy_steps"] == 30
+    if name == "02_distribution_focal_loss":
+        assert rec["reg_max"] == 8 and abs(rec["dfl_final_integral"] - 3.7) < 0.05 and rec["dfl_top2_mass"] > 0.95
+    if name == "03_training":
+        assert rec["iterations"] == 9 and Path(rec["checkpoint"]).exists()
+    if name == "04_coco_evaluation":
+        assert rec["images"] == 4 and rec["detections"] > 0 and 0 <= rec["AP"] <= 100
+    if name == "05_learned_distributions":
+        assert rec["edges"] > 0 and rec["edges"] % 4 == 0
+
+
+def test_bad_parameter_stops_with_a_readable_message(tmp_path):
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        execute(NB / "03_training.py", tmp_path / "bad.ipynb", dict(max_minutes=-1.0), cwd=NB)
+    assert "parameter max_minutes = -1.0: must be a positive number of minutes" in str(e.value)
+    with pytest.raises(papermill.PapermillExecutionError, match="expected a number"):
+        execute(NB / "02_distribution_focal_loss.py", tmp_path / "bad2.ipynb", dict(target="far"), cwd=NB)
+
+
+@pytest.fixture(scope="module")
+def built(executed):
+    index = build_book(executed["book"])
+    assert index.exists()
+    return index.parent
+
+
+def test_book_has_every_page(built):
+    for page in ["intro"] + [f"notebooks/{n}" for n in MIN_FIGURES]:
+        assert (built / f"{page}.html").exists(), page
+    assert (built / "_static" / "mathjax" / "tex-chtml.js").exists()
+
+
+def test_every_page_in_a_browser(built):
+    from playwright.sync_api import sync_playwright
+    pages = ["intro.html"] + [f"notebooks/{n}.html" for n in MIN_FIGURES]
+    allowed = re.compile(r"THEBE_JS_URL")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        for page_name in pages:
+            page = browser.new_page()
+            errors, failed = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: failed.append(r.url) if r.url.startswith("file:") else None)
+            page.goto((built / page_name).as_uri())
+            page.wait_for_load_state("load")
+            page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise", timeout=10000)
+            page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+            imgs = page.evaluate("() => Array.from(document.images).map(i => [i.src, i.complete && i.naturalWidth > 0])")
+            assert all(ok for _, ok in imgs), f"{page_name}: broken images {[s for s, ok in imgs if not ok]}"
+            if page_name.startswith("notebooks/"):
+                figs = [s for s, _ in imgs if "logo" not in s]
+                assert len(figs) >= 1, f"{page_name}: no figure"
+            links = page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+            for href in links:
+                if href.startswith("file:"):
+                    target = Path(href.split("#")[0].replace("file://", ""))
+                    assert target.exists(), f"{page_name}: broken link {href}"
+            raw = page.evaluate("""() => Array.from(document.querySelectorAll('.math, span.math, div.math'))
+                                   .filter(e => !e.querySelector('mjx-container')).map(e => e.textContent)""")
+            assert not raw, f"{page_name}: unrendered TeX {raw[:3]}"
+            body = page.evaluate("() => document.body.innerText")
+            assert "\\frac" not in body and "$$" not in body, f"{page_name}: raw TeX in text"
+            rendered = page.evaluate("() => document.querySelectorAll('mjx-container').length")
+            assert not failed, f"{page_name}: failed requests {failed}"
+            assert not [e for e in errors if not allowed.search(e)], f"{page_name}: {errors}"
+            if page_name in ("intro.html", "notebooks/01_quality_focal_loss.html", "notebooks/02_distribution_focal_loss.html"):
+                assert rendered > 0, f"{page_name}: no math rendered"
+            page.close()
+        browser.close()
