@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip up to N batches whose loss is not finite before stopping")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact reruns)")
 
     e = sub.add_parser("evaluate", help="COCO bbox evaluation of a checkpoint")
     e.add_argument("--config", required=True)
@@ -86,7 +87,8 @@ def _cmd_train(a) -> None:
     if bool(a.val_ann) != bool(a.val_images):
         raise ValueError("--val-ann and --val-images go together")
     opts = TrainOptions(a.train_ann, a.train_images, a.work_dir, a.val_ann, a.val_images, a.epochs, a.max_minutes,
-                        a.max_iters, a.resume, a.device, a.checkpoint_every, a.skip_bad_batches, not a.no_progress)
+                        a.max_iters, a.resume, a.device, a.checkpoint_every, a.skip_bad_batches, not a.no_progress,
+                        deterministic=a.deterministic)
     m = train(cfg, opts)
     print(json.dumps({k: v for k, v in m.items() if k != "per_class"}))
 
@@ -125,6 +127,10 @@ def _cmd_benchmark(a) -> None:
         Path(a.json).write_text(json.dumps(r, indent=1))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gflnb: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .backbone import PretrainedWeightsError
@@ -133,6 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .data import DataError
     from .train import TrainingDiverged
     warnings.simplefilter("default")
+    warnings.showwarning = _show_warning
     known = (ConfigError, CheckpointError, DataError, PretrainedWeightsError, TrainingDiverged, FileNotFoundError,
              ValueError, KeyError, RuntimeError)
     try:

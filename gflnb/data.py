@@ -89,6 +89,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = [self.coco.cats[c].get("name", str(c)) for c in self.cat_ids]
         self.epoch = 0
         self.num_skipped_boxes = 0
+        self.num_clipped_boxes = 0
         self.records = self._parse()
         if not self.records:
             raise DataError(f"{ann_file}: no usable images" + (" (every image lacks boxes or is too small)"
@@ -119,6 +120,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 if inter_w * inter_h == 0 or a.get("area", bw * bh) <= 0 or bw < 1 or bh < 1:
                     self.num_skipped_boxes += 1
                     continue
+                if x < 0 or y < 0 or x + bw > w or y + bh > h:
+                    self.num_clipped_boxes += 1  # clipped to the image after resizing, as the reference does
                 boxes.append([x, y, x + bw, y + bh])
                 labels.append(self.cat2label[a["category_id"]])
                 ids.append(a["id"])
@@ -131,6 +134,8 @@ class CocoDetection(torch.utils.data.Dataset):
                               np.asarray(ids, np.int64)))
         if self.num_skipped_boxes:
             warnings.warn(f"{self.ann_file}: {self.num_skipped_boxes} boxes skipped (under 1 px or outside their image)")
+        if self.num_clipped_boxes:
+            warnings.warn(f"{self.ann_file}: {self.num_clipped_boxes} boxes extend past their image and are clipped")
         return out
 
     def __len__(self) -> int:

@@ -47,6 +47,7 @@ class TrainOptions:
     progress: bool = True
     eval_batch_size: int = 8
     keep_epoch_checkpoints: bool = True
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact reruns
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -135,6 +136,8 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     rank, world = dist.rank(), dist.world_size()
     main = rank == 0
     torch.manual_seed(cfg.seed)
+    if opts.deterministic:
+        torch.use_deterministic_algorithms(True)
 
     train_ds = CocoDetection(opts.train_ann, opts.train_images, cfg, train=True)
     if train_ds.num_classes != cfg.num_classes:
