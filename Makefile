@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gflnb-installed
 
-.PHONY: setup test book browser clean
+.PHONY: setup test book tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# headless Chromium from Debian's packages, for the book's browser checks
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+# headless Chromium (the book's browser checks) and npm (MathJax for offline math), from Debian's packages
+tools:
+	@command -v chromium >/dev/null && command -v npm >/dev/null || { apt-get update -qq && \
+		apt-get install -y -qq chromium npm >/dev/null; }
 
-test: $(STAMP) browser
+test: $(STAMP) tools
 	$(PY) -m pytest -q
 
-book: $(STAMP)
+book: $(STAMP) tools
 	$(PY) -m gflnb.book
 
 clean:

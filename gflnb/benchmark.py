@@ -1,15 +1,24 @@
 """Batch-1 inference speed, measured like the seed's footnote 4: warm-up, many runs, median."""
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torchvision
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import get_config
-from .detector import GFL
+from .detector import GFL, build_model
+from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
 from .preprocess import pad_shape
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sync(device: torch.device) -> None:
@@ -52,3 +61,250 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
                 device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 threads=torch.get_num_threads(), runs=runs, median_s=med, q1_s=q1, q3_s=q3, min_s=times[0],
                 fps=1.0 / med, amp=amp, channels_last=channels_last, torch=torch.__version__)
+
+
+# ------------------------------------------------------------------ the comparison suite (benchmarks/run.py)
+def med(xs):
+    return statistics.median(xs)
+
+
+def spread(xs):
+    s = sorted(xs)
+    return [s[len(s) // 4], s[(3 * len(s)) // 4]]
+
+
+def flops(fn) -> float:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def conv_rate(reps: int = 5) -> float:
+    """Attained fp32 GFLOP/s of a large 3x3 conv (the head's and the backbone's dominant op)."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+    x = torch.randn(1, 256, 100, 168)
+    f = 2 * 256 * 256 * 9 * 100 * 168
+    with torch.no_grad():
+        conv(x)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            conv(x)
+            ts.append(time.perf_counter() - t)
+    return f / min(ts) / 1e9
+
+
+# ------------------------------------------------------------------ models
+def gflnb_infer(shape, channels_last):
+    model = build_model("gfl_r50_fpn_1x_coco", pretrained_backbone=False).eval()
+    ph, pw = ((shape[0] + 31) // 32 * 32, (shape[1] + 31) // 32 * 32)
+    x = torch.randn(1, 3, ph, pw)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    meta = [dict(img_shape=tuple(shape), pad_shape=(ph, pw), scale_factor=(1.0, 1.0))]
+    return (lambda: model.predict(x, meta, rescale=False)), (lambda: model(x))
+
+
+def tv_infer(name, shape):
+    from torchvision.models import detection as D
+    ctor = {"fcos": D.fcos_resnet50_fpn, "retinanet": D.retinanet_resnet50_fpn}[name]
+    model = ctor(weights=None, weights_backbone=None, num_classes=80, min_size=min(shape), max_size=max(shape),
+                 score_thresh=0.05).eval()
+    x = [torch.rand(3, *shape)]
+    return (lambda: model(x)), (lambda: model(x))
+
+
+def time_interleaved(fns: dict, rounds: int, warmup: int = 1, no_grad: bool = True) -> dict:
+    """Seconds per call of each function, the functions alternating round by round."""
+    times = {k: [] for k in fns}
+    with torch.set_grad_enabled(not no_grad):
+        for _ in range(warmup):
+            for f in fns.values():
+                f()
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
+def bench_inference(shape, rounds, rate):
+    fns, fwd = {}, {}
+    fns["gflnb"], fwd["gflnb"] = gflnb_infer(shape, channels_last=True)
+    fns["gflnb (contiguous)"], fwd["gflnb (contiguous)"] = gflnb_infer(shape, channels_last=False)
+    for n in ("fcos", "retinanet"):
+        fns[f"torchvision {n}"], fwd[f"torchvision {n}"] = tv_infer(n, shape)
+    times = time_interleaved(fns, rounds)
+    out = {}
+    with torch.no_grad():
+        for k in fns:
+            f = flops(fwd[k])
+            out[k] = dict(median_s=med(times[k]), iqr_s=spread(times[k]), gflop=f / 1e9,
+                          floor_s=f / (rate * 1e9), x_floor=med(times[k]) / (f / (rate * 1e9)))
+    return out
+
+
+def bench_train_step(rounds):
+    from torchvision.models import detection as D
+    torch.manual_seed(0)
+    gfl = build_model("gfl_r50_fpn_1x_coco", pretrained_backbone=False).train()
+    gfl = gfl.to(memory_format=torch.channels_last)
+    fcos = D.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80, min_size=512, max_size=512).train()
+    boxes = torch.tensor([[40., 60., 200., 260.], [300., 100., 480., 400.], [10., 10., 60., 50.]])
+    labels = torch.tensor([3, 17, 42])
+    x = torch.randn(2, 3, 512, 512).contiguous(memory_format=torch.channels_last)
+    metas = [dict(img_shape=(512, 512), pad_shape=(512, 512), scale_factor=(1.0, 1.0))] * 2
+    tg = [dict(boxes=boxes, labels=labels)] * 2
+    opt_g = torch.optim.SGD([p for p in gfl.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    opt_f = torch.optim.SGD([p for p in fcos.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    imgs = [torch.rand(3, 512, 512) for _ in range(2)]
+    tv_t = [dict(boxes=boxes, labels=labels)] * 2
+
+    def step_g():
+        opt_g.zero_grad()
+        sum(gfl.loss(x, tg, metas).values()).backward()
+        opt_g.step()
+
+    def step_f():
+        opt_f.zero_grad()
+        sum(fcos(imgs, tv_t).values()).backward()
+        opt_f.step()
+
+    times = time_interleaved({"gflnb": step_g, "torchvision fcos": step_f}, rounds, no_grad=False)
+    return {k: dict(median_s=med(v), iqr_s=spread(v)) for k, v in times.items()}
+
+
+ATSS_CHILD = r"""
+import json, resource, sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from gflnb.assigner import atss_assign
+from gflnb.boxes import box_iou, featmap_sizes_for, grid_anchors
+n, mode = int(sys.argv[2]), sys.argv[3]
+sizes = featmap_sizes_for((800, 1344), [8, 16, 32, 64, 128])
+levels = grid_anchors(sizes, [8, 16, 32, 64, 128])
+anchors = torch.cat(levels)
+g = torch.Generator().manual_seed(n)
+xy = torch.rand(n, 2, generator=g) * torch.tensor([1200., 700.])
+wh = 8 + torch.rand(n, 2, generator=g) * 300
+gts = torch.cat([xy, xy + wh], 1)
+labels = torch.zeros(n, dtype=torch.long)
+def dense():
+    iou = box_iou(anchors, gts)  # what mmdet holds: every anchor with every gt, plus the distances
+    d = torch.cdist(((anchors[:, :2] + anchors[:, 2:]) / 2), (gts[:, :2] + gts[:, 2:]) / 2)
+    return iou.sum() + d.sum()
+fn = (lambda: atss_assign(anchors, [len(l) for l in levels], gts, labels)) if mode == "gflnb" else dense
+fn()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ts = []
+for _ in range(3):
+    t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(n=n, mode=mode, time_s=min(ts), extra_mb=(peak - base) / 1024, anchors=len(anchors))))
+"""
+
+
+def bench_atss(counts):
+    out = []
+    for n in counts:
+        for mode in ("gflnb", "dense"):
+            # a fresh process per point: max RSS only grows, so each needs its own
+            r = subprocess.run([sys.executable, "-c", ATSS_CHILD, str(ROOT), str(n), mode], capture_output=True,
+                               text=True, check=True)
+            out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def bench_losses(rounds):
+    from torchvision.ops import sigmoid_focal_loss
+    out = {}
+    for imgs in (1, 8):
+        n = 22400 * imgs
+        g = torch.Generator().manual_seed(imgs)
+        x = torch.randn(n, 80, generator=g)
+        labels = torch.full((n,), 80)
+        labels[:: 50] = torch.randint(0, 80, (len(labels[:: 50]),), generator=g)
+        scores = torch.rand(n, generator=g)
+        onehot = torch.zeros(n, 80)
+        pos = labels < 80
+        onehot[pos, labels[pos]] = 1
+
+        def qfl():
+            xx = x.clone().requires_grad_()
+            quality_focal_loss(xx, labels, scores).sum().backward()
+
+        def fl():
+            xx = x.clone().requires_grad_()
+            sigmoid_focal_loss(xx, onehot, reduction="sum").backward()
+
+        p = n // 50
+        zd = torch.randn(p * 4, 17, generator=g)
+        td = torch.rand(p * 4, generator=g) * 15.9
+        b1 = torch.rand(p, 4, generator=g).sort(1).values[:, [0, 1, 2, 3]] * 100
+        b1 = torch.stack([b1[:, 0], b1[:, 1], b1[:, 0] + 5 + b1[:, 2], b1[:, 1] + 5 + b1[:, 3]], 1)
+        b2 = b1 + torch.randn(p, 4, generator=g)
+
+        def dfl():
+            zz = zd.clone().requires_grad_()
+            distribution_focal_loss(zz, td).sum().backward()
+
+        def giou():
+            bb = b1.clone().requires_grad_()
+            giou_loss(bb, b2).sum().backward()
+
+        times = time_interleaved({"QFL": qfl, "sigmoid_focal_loss": fl, "DFL": dfl, "GIoU": giou}, rounds,
+                                 no_grad=False)
+        out[f"{imgs} image(s)"] = {k: dict(median_s=med(v), iqr_s=spread(v)) for k, v in times.items()}
+    return out
+
+
+def markdown(res) -> str:
+    L = [f"# gflnb benchmarks\n\n{res['machine']}; torch {res['torch']}, {res['threads']} threads; attained conv "
+         f"rate {res['conv_gflops']:.0f} GFLOP/s (the floor of each latency is its FLOPs at this rate).\n"]
+    for shape, rows in res["inference"].items():
+        L.append(f"\n## Inference, batch 1, {shape}\n\n| model | median (s) | IQR (s) | GFLOP | x floor | vs FCOS |\n|---|---|---|---|---|---|")
+        fc = rows["torchvision fcos"]["median_s"]
+        for k, r in rows.items():
+            L.append(f"| {k} | {r['median_s']:.3f} | {r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f} | {r['gflop']:.1f} | "
+                     f"{r['x_floor']:.2f} | {r['median_s'] / fc:.2f} |")
+    t = res["train_step"]
+    L.append("\n## Training step, batch 2 of 512x512\n\n| model | median (s) | IQR (s) | vs FCOS |\n|---|---|---|---|")
+    for k, r in t.items():
+        L.append(f"| {k} | {r['median_s']:.3f} | {r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f} | "
+                 f"{r['median_s'] / t['torchvision fcos']['median_s']:.2f} |")
+    L.append("\n## ATSS on 22,400 anchors\n\n| gts | gflnb time (s) | gflnb extra MB | dense time (s) | dense extra MB |\n|---|---|---|---|---|")
+    by = {}
+    for r in res["atss"]:
+        by.setdefault(r["n"], {})[r["mode"]] = r
+    for n, r in sorted(by.items()):
+        L.append(f"| {n} | {r['gflnb']['time_s']:.4f} | {r['gflnb']['extra_mb']:.1f} | {r['dense']['time_s']:.4f} | "
+                 f"{r['dense']['extra_mb']:.1f} |")
+    L.append("\n## Losses, forward + backward (22,400 anchors x 80 classes per image)\n\n| size | QFL (s) | "
+             "sigmoid_focal_loss (s) | QFL / focal | DFL (s) | GIoU (s) |\n|---|---|---|---|---|---|")
+    for size, r in res["losses"].items():
+        L.append(f"| {size} | {r['QFL']['median_s']:.4f} | {r['sigmoid_focal_loss']['median_s']:.4f} | "
+                 f"{r['QFL']['median_s'] / r['sigmoid_focal_loss']['median_s']:.2f} | {r['DFL']['median_s']:.4f} | "
+                 f"{r['GIoU']['median_s']:.4f} |")
+    return "\n".join(L) + "\n"
+
+
+def run_suite(quick: bool = False, progress=print) -> dict:
+    """Every comparison of the suite; ``quick`` is a smoke run (512x512 only, few rounds, up to 100 gts)."""
+    import platform
+    torch.manual_seed(0)
+    rounds = 2 if quick else 7
+    rate = conv_rate()
+    res = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__,
+               torchvision=torchvision.__version__, threads=torch.get_num_threads(), conv_gflops=rate, quick=quick)
+    res["inference"] = {}
+    for s in [(512, 512)] if quick else [(800, 1333), (512, 512)]:
+        progress(f"inference {s[0]}x{s[1]} ...")
+        res["inference"][f"{s[0]}x{s[1]}"] = bench_inference(s, rounds, rate)
+    progress("training step ...")
+    res["train_step"] = bench_train_step(max(2, rounds // 2))
+    progress("ATSS ...")
+    res["atss"] = bench_atss([1, 10, 100] if quick else [1, 10, 100, 500, 1000, 2000])
+    progress("losses ...")
+    res["losses"] = bench_losses(rounds)
+    return res

@@ -87,6 +87,7 @@ class GFLConfig:
     num_workers: int = 2
     grad_clip: Optional[float] = None
     amp: bool = True  # used on CUDA only
+    channels_last: bool = False  # NHWC memory format at inference (eval mode), where it measures faster
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,14 +105,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco": dict(_MS2X, depth=101, groups=32, base_width=4,
                                                      stage_with_dcn=(False, False, True, True)),
     "gfl_r18_fpn_1x_coco": dict(depth=18, in_channels=(64, 128, 256, 512)),
-    # A small GFL trained from scratch on 2 CPU cores (issue "engine"): ResNet-18 at 1/8 width,
-    # 3 FPN levels, a 2-conv head, AdamW; images capped at 320 px.
+    # A small GFL trained from scratch on 2 CPU cores in about 4.5 minutes (13 epochs of 1,000
+    # synthetic images): ResNet-18 at 1/4 width, 3 FPN levels of 64 channels, a 2-conv head, AdamW.
+    # Measured on the synthetic set (12 epochs each): width 8 36.3 AP, width 16 48.8; lr 4e-3 and
+    # 8e-3 gave +0.7 and +1.3 at width 8; batch 4 lost 13.8 at width 16.
     "gfl_cpu_demo": dict(
-        depth=18, base_channels=8, in_channels=(8, 16, 32, 64), out_channels=32, num_outs=3,
-        strides=(8, 16, 32), feat_channels=32, stacked_convs=2, norm_num_groups=8,
+        depth=18, base_channels=16, in_channels=(16, 32, 64, 128), out_channels=64, num_outs=3,
+        strides=(8, 16, 32), feat_channels=64, stacked_convs=2, norm_num_groups=16,
         frozen_stages=-1, norm_eval=False, pretrained_backbone=False, num_classes=4,
         img_scale=(320, 320), min_size=8, optimizer="adamw", lr=2e-3, base_batch_size=8,
-        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=12, milestones=(10,),
+        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=13, milestones=(11,),
         batch_size=8, num_workers=0, grad_clip=35.0),
 }
 # The model-zoo checkpoints (GFL_SPEC section 1), by 3.x preset name.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 from .backbone import ResNet
@@ -24,12 +25,25 @@ class GFL(nn.Module):
         self.bbox_head = GFLHead(cfg.num_classes, cfg.out_channels, cfg.feat_channels, cfg.stacked_convs,
                                  cfg.reg_max, cfg.strides, cfg.norm_num_groups, cfg.octave_base_scale, cfg.topk,
                                  cfg.qfl_beta, cfg.loss_cls_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight)
+        self._nhwc = False
 
     def init_weights(self) -> None:
         """Load the backbone's ImageNet weights named by ``cfg.pretrained_backbone`` (if any)."""
         self.backbone.load_pretrained(self.cfg.pretrained_backbone)
 
+    def train(self, mode: bool = True) -> "GFL":
+        """``channels_last`` is used for inference only: in torch 2.15 on CPU the backward of a 1x1
+        stride-2 conv (the ResNet downsample) in NHWC segfaults at small channel counts."""
+        super().train(mode)
+        want = self.cfg.channels_last and not mode
+        if want != self._nhwc:
+            self.to(memory_format=torch.channels_last if want else torch.contiguous_format)
+            self._nhwc = want
+        return self
+
     def extract_feat(self, images: Tensor) -> list[Tensor]:
+        if self._nhwc:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.neck(self.backbone(images))
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:

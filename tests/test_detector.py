@@ -251,3 +251,18 @@ def test_pretrained_weights_unavailable_is_one_clear_error(tmp_path):
     m.init_weights()
     assert torch.equal(m.backbone.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
     assert not m.backbone.layer1[0].conv1.weight.requires_grad
+
+
+def test_channels_last_is_inference_only_and_matches(r18):
+    m = build_model("gfl_r18_fpn_1x_coco", channels_last=True)
+    load_checkpoint(m, {"state_dict": r18.state_dict()})
+    m.eval()
+    assert m.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = INPUTS["inputs"]["320x320"]
+    with torch.no_grad():
+        a, _ = m(x)
+        b, _ = r18(x)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+    m.train()  # NHWC training crashes torch 2.15 on CPU (1x1 stride-2 conv backward): back to NCHW
+    assert m.backbone.conv1.weight.is_contiguous()

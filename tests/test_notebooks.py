@@ -29,6 +29,7 @@ def executed(tmp_path_factory):
                                    results_file=str(tmp / "eval" / "results.json")),
         "05_learned_distributions": dict(checkpoint=ck, ann=val_ann, images=val_img, max_images=4, gallery_size=2,
                                          score_thr=0.0, iou_match=0.05),
+        "06_performance": dict(results_json=str(tmp / "none.json"), quick=True),
     }
     book = tmp / "book"
     book.mkdir()
@@ -43,7 +44,7 @@ def executed(tmp_path_factory):
 
 
 MIN_FIGURES = {"01_quality_focal_loss": 2, "02_distribution_focal_loss": 5, "03_training": 3,
-               "04_coco_evaluation": 4, "05_learned_distributions": 3}
+               "04_coco_evaluation": 4, "05_learned_distributions": 3, "06_performance": 3}
 
 
 @pytest.mark.parametrize("name", list(MIN_FIGURES))
@@ -72,6 +73,8 @@ def test_notebook_ran_with_injected_parameters_and_drew_figures(executed, name):
         assert rec["images"] == 4 and rec["detections"] > 0 and 0 <= rec["AP"] <= 100
     if name == "05_learned_distributions":
         assert rec["edges"] > 0 and rec["edges"] % 4 == 0
+    if name == "06_performance":
+        assert rec["source"].startswith("measured just now") and rec["gflnb_vs_fcos"] > 0 and rec["conv_gflops"] > 0
 
 
 def test_bad_parameter_stops_with_a_readable_message(tmp_path):
