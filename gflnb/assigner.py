@@ -24,8 +24,11 @@ MAX_CHUNK_ELEMENTS = 1 << 20
 
 def _candidates(anchor_pts: Tensor, gt_pts: Tensor, num_level_anchors: Sequence[int], topk: int) -> Tensor:
     """Per level, the ``min(topk, n_level)`` anchors nearest each gt centre -> ``[K, G]``."""
-    # [A, G]; the same expression as mmdet so that equal distances compare equal
-    distances = (anchor_pts[:, None, :] - gt_pts[None, :, :]).pow(2).sum(-1).sqrt()
+    # [A, G]. mmdet writes (a - g).pow(2).sum(-1).sqrt() over an [A, G, 2] tensor; a sum of two
+    # floats is one rounding either way, so this is bit-identical (ties included) at a quarter the cost.
+    dx = anchor_pts[:, 0, None] - gt_pts[None, :, 0]
+    dy = anchor_pts[:, 1, None] - gt_pts[None, :, 1]
+    distances = (dx * dx + dy * dy).sqrt()
     idxs, start = [], 0
     for n in num_level_anchors:
         k = min(topk, n)
