@@ -18,23 +18,24 @@ from .boxes import aligned_iou
 NEG_INF = -100000000.0
 # A positive's centre must lie this many pixels inside its gt (strict).
 CENTER_MARGIN = 0.01
-# Upper bound on the elements of one distance chunk (anchors x gts): 1M floats = 4 MB.
-MAX_CHUNK_ELEMENTS = 1 << 20
+# Upper bound on the elements of one distance chunk (anchors x gts): 512K floats = 2 MB.
+MAX_CHUNK_ELEMENTS = 1 << 19
 
 
 def _candidates(anchor_pts: Tensor, gt_pts: Tensor, num_level_anchors: Sequence[int], topk: int) -> Tensor:
     """Per level, the ``min(topk, n_level)`` anchors nearest each gt centre -> ``[K, G]``."""
-    # [A, G]. mmdet writes (a - g).pow(2).sum(-1).sqrt() over an [A, G, 2] tensor; a sum of two
-    # floats is one rounding either way, so this is bit-identical (ties included) at a quarter the cost.
-    dx = anchor_pts[:, 0, None] - gt_pts[None, :, 0]
-    dy = anchor_pts[:, 1, None] - gt_pts[None, :, 1]
+    # [G, A], gt-major so that each gt's top-k reads one contiguous row. mmdet writes
+    # (a - g).pow(2).sum(-1).sqrt() over an [A, G, 2] tensor; (g - a)^2 equals (a - g)^2 and a sum
+    # of two floats is one rounding either way, so the distances are bit-identical, ties included.
+    dx = gt_pts[:, 0, None] - anchor_pts[None, :, 0]
+    dy = gt_pts[:, 1, None] - anchor_pts[None, :, 1]
     distances = (dx * dx + dy * dy).sqrt()
     idxs, start = [], 0
     for n in num_level_anchors:
         k = min(topk, n)
         if k > 0:
-            _, idx = distances[start:start + n].topk(k, dim=0, largest=False)
-            idxs.append(idx + start)
+            _, idx = distances[:, start:start + n].topk(k, dim=1, largest=False)
+            idxs.append(idx.t() + start)
         start += n
     return torch.cat(idxs, dim=0)
 
