@@ -58,12 +58,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def lr_at(cfg: GFLConfig, base_lr: float, epoch: int, global_iter: int) -> float:
-    """Linear warmup by iteration (from ``warmup_ratio``) times step decay by epoch."""
+def lr_at(cfg: GFLConfig, base_lr: float, epoch: int, global_iter: int, budget_frac: Optional[float] = None) -> float:
+    """Linear warmup by iteration (from ``warmup_ratio``) times step decay by epoch.
+
+    Under a time budget, ``budget_frac`` is the fraction of it spent: a milestone also fires once
+    that fraction reaches ``milestone / epochs``, so a slow machine still gets its low-lr phase
+    before the budget stops the run.
+    """
     f = 1.0
     if global_iter < cfg.warmup_iters:
         f = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * global_iter / cfg.warmup_iters
-    return base_lr * f * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    steps = sum(epoch >= m or (budget_frac is not None and budget_frac >= m / cfg.epochs) for m in cfg.milestones)
+    return base_lr * f * cfg.gamma ** steps
 
 
 def build_optimizer(cfg: GFLConfig, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
@@ -145,7 +151,7 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
                          f"{train_ds.num_classes} categories")
     model = GFL(cfg)
     latest = work / "latest.pth"
-    state = dict(epoch=0, iter_in_epoch=0, global_iter=0, bad_batches=0)
+    state = dict(epoch=0, iter_in_epoch=0, global_iter=0, bad_batches=0, train_seconds=0.0)
     ckpt = None
     if opts.resume:
         if not latest.exists():
@@ -156,7 +162,7 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
             diff = [k for k, v in saved.to_dict().items() if cfg.to_dict().get(k) != v]
             raise ValueError(f"--resume: the checkpoint's config differs in {', '.join(diff)}")
         model.load_state_dict(ckpt["state_dict"])
-        state.update({k: ckpt["meta"][k] for k in state})
+        state.update({k: ckpt["meta"].get(k, state[k]) for k in state})
     else:
         model.init_weights()
     model.to(device)
@@ -179,7 +185,7 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     if main:
         (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     groups = train_ds.aspect_groups()
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - state["train_seconds"]  # a resumed run keeps its budget
     stop_reason = "finished"
     save = lambda path: _save(path, model, optimizer, scaler, state, cfg, train_ds.class_names,  # noqa: E731
                               train_ds.label2cat) if main else None
@@ -196,7 +202,8 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
             stop = False
             for images, targets, metas in make_loader(train_ds, todo, cfg.num_workers):
                 t0 = time.perf_counter()
-                lr = lr_at(cfg, base_lr, epoch, state["global_iter"])
+                frac = (t0 - t_start) / 60 / opts.max_minutes if opts.max_minutes else None
+                lr = lr_at(cfg, base_lr, epoch, state["global_iter"], frac)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 images = images.to(device, non_blocking=True)
@@ -241,6 +248,7 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
                 bar.update(1)
                 t_data = time.perf_counter()
+                state["train_seconds"] = t_data - t_start
                 elapsed = (t_data - t_start) / 60
                 if opts.max_minutes is not None and elapsed >= opts.max_minutes:
                     stop, stop_reason = True, f"time budget of {opts.max_minutes} min"

@@ -40,6 +40,10 @@ def test_lr_schedule_warmup_and_steps():
     assert lr_at(cfg, 0.01, 7, 10_000) == pytest.approx(0.01)
     assert lr_at(cfg, 0.01, 8, 10_000) == pytest.approx(0.001)
     assert lr_at(cfg, 0.01, 11, 10_000) == pytest.approx(0.0001)
+    # under a time budget the decay also follows the fraction spent: 8/12 of it, then 11/12
+    assert lr_at(cfg, 0.01, 2, 10_000, budget_frac=0.5) == pytest.approx(0.01)
+    assert lr_at(cfg, 0.01, 2, 10_000, budget_frac=0.7) == pytest.approx(0.001)
+    assert lr_at(cfg, 0.01, 2, 10_000, budget_frac=0.95) == pytest.approx(0.0001)
 
 
 def _train(tiny, work, *extra):
