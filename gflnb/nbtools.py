@@ -36,7 +36,7 @@ def positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
-def record(**values: Any) -> dict:
+def record(**values: Any) -> None:
     """Print the run's key numbers as one ``GFLNB_RECORD {json}`` line (read by tests and the book build)."""
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):
@@ -46,4 +46,3 @@ def record(**values: Any) -> dict:
         return v
     values = {k: clean(v) for k, v in values.items()}
     print("GFLNB_RECORD " + json.dumps(values, default=str))
-    return values

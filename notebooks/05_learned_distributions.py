@@ -125,15 +125,31 @@ print(f"r(blur sigma, std px) = {c_blur['pearson']:.3f} on blurred edges")
 print(f"r(|error| px, entropy) = {c_err['pearson']:.3f}")
 if has_truth:
     kinds = np.where(edges["blur"] > 0, "blurred", np.where(edges["occlusion"] >= 0.2, "occluded", "clear"))
-    display(edges.assign(edge=kinds).groupby("edge")[["entropy", "top1", "std_px", "abs_err_px"]].mean().round(3))
+    by_kind = edges.assign(edge=kinds).groupby("edge")[["entropy", "top1", "std_px", "abs_err_px"]].mean()
+    display(by_kind.round(3))
 
 # %% [markdown]
 # ## What we learned
 #
-# The distributions are not a by-product: their spread carries information about the edge. Clear
-# edges get concentrated distributions, blurred and occluded ones flatter distributions, and the
-# spread predicts where the box is likely to be wrong. This is the uncertainty GFL V2 later feeds
-# back into the score.
+# The measured numbers, stated from this run's data:
+
+# %%
+from IPython.display import Markdown
+
+lines = [f"* The spread of a side's distribution predicts that side's actual error: r = {c_err['pearson']:.2f} "
+         "between entropy and |predicted - true edge|, so the distributions carry a usable uncertainty."]
+if has_truth:
+    e = by_kind["entropy"]
+    rel = lambda k: 100 * (e.get(k, np.nan) / e["clear"] - 1)
+    lines.append(f"* Occluded edges get flatter distributions than clear ones (mean entropy {e.get('occluded', np.nan):.2f} "
+                 f"vs {e['clear']:.2f}, {rel('occluded'):+.0f}%); blurred edges {e.get('blurred', np.nan):.2f} "
+                 f"({rel('blurred'):+.0f}%).")
+    lines.append(f"* Over all edges r(ambiguity, entropy) = {c_amb['pearson']:.2f}; for blurred edges r(blur sigma, std) = "
+                 f"{c_blur['pearson']:.2f}. The blur radii (at most 6 px) are small against the bins (one stride: "
+                 "8 to 32 px here), so blur moves the learned spread much less than occlusion, which hides whole "
+                 "stretches of an edge. This is the paper's qualitative claim (flat where ambiguous) holding for "
+                 "occlusion and only weakly for blur at this scale.")
+display(Markdown("\n".join(lines)))
 
 # %%
 nb.record(chapter="distributions", edges=len(edges), r_ambiguity_entropy=c_amb["pearson"],
