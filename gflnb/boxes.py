@@ -116,14 +116,19 @@ def _area(b: Tensor) -> Tensor:
     return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
 
 
-def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
-    """IoU of aligned pairs ``[..., 4]`` x ``[..., 4]`` -> ``[...]`` (union clamped to >= eps)."""
+def _overlap_union(a: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Intersection area and union (clamped to >= eps) of aligned boxes, in mmdet's order of ops."""
     lt = torch.max(a[..., :2], b[..., :2])
     rb = torch.min(a[..., 2:], b[..., 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
     union = _area(a) + _area(b) - overlap
-    union = torch.max(union, union.new_tensor([eps]))
+    return overlap, torch.max(union, union.new_tensor([eps]))
+
+
+def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU of aligned pairs ``[..., 4]`` x ``[..., 4]`` -> ``[...]`` (union clamped to >= eps)."""
+    overlap, union = _overlap_union(a, b, eps)
     return overlap / union
 
 
@@ -134,18 +139,12 @@ def box_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
 
 def generalized_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
     """GIoU of aligned pairs; union and enclosing area are clamped to >= eps (mmdet form)."""
-    lt = torch.max(a[..., :2], b[..., :2])
-    rb = torch.min(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = _area(a) + _area(b) - overlap
-    eps_t = union.new_tensor([eps])
-    union = torch.max(union, eps_t)
+    overlap, union = _overlap_union(a, b, eps)
     ious = overlap / union
     enc_lt = torch.min(a[..., :2], b[..., :2])
     enc_rb = torch.max(a[..., 2:], b[..., 2:])
     enc_wh = (enc_rb - enc_lt).clamp(min=0)
-    enclose = torch.max(enc_wh[..., 0] * enc_wh[..., 1], eps_t)
+    enclose = torch.max(enc_wh[..., 0] * enc_wh[..., 1], union.new_tensor([eps]))
     return ious - (enclose - union) / enclose
 
 
