@@ -29,7 +29,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, int] = (800, 1333),
                         device: str = "cpu", warmup: int = 3, runs: int = 20, checkpoint: Optional[str] = None,
-                        amp: bool = False, channels_last: bool = False) -> dict[str, Any]:
+                        amp: bool = False, channels_last: bool = False, fuse_bn: bool = False) -> dict[str, Any]:
     """Median latency of ``predict`` (forward and post-processing) on one padded image."""
     dev = torch.device(device)
     cfg = get_config(config, pretrained_backbone=False)
@@ -37,6 +37,9 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
     if checkpoint:
         from .checkpoint import load_checkpoint
         load_checkpoint(model, checkpoint)
+    if fuse_bn:
+        from .fuse import fuse_for_inference
+        model = fuse_for_inference(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ph, pw = pad_shape(shape, cfg.size_divisor)
@@ -60,7 +63,7 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
     return dict(config=config, shape=list(shape), padded=[ph, pw], device=str(dev),
                 device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 threads=torch.get_num_threads(), runs=runs, median_s=med, q1_s=q1, q3_s=q3, min_s=times[0],
-                fps=1.0 / med, amp=amp, channels_last=channels_last, torch=torch.__version__)
+                fps=1.0 / med, amp=amp, channels_last=channels_last, fuse_bn=fuse_bn, torch=torch.__version__)
 
 
 # ------------------------------------------------------------------ the comparison suite (benchmarks/run.py)
@@ -95,8 +98,11 @@ def conv_rate(reps: int = 5) -> float:
 
 
 # ------------------------------------------------------------------ models
-def gflnb_infer(shape, channels_last):
+def gflnb_infer(shape, channels_last, fuse_bn=False):
     model = build_model("gfl_r50_fpn_1x_coco", pretrained_backbone=False).eval()
+    if fuse_bn:
+        from .fuse import fuse_for_inference
+        model = fuse_for_inference(model)
     ph, pw = ((shape[0] + 31) // 32 * 32, (shape[1] + 31) // 32 * 32)
     x = torch.randn(1, 3, ph, pw)
     if channels_last:
@@ -132,7 +138,8 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 1, no_grad: bool = Tr
 
 def bench_inference(shape, rounds, rate):
     fns, fwd = {}, {}
-    fns["gflnb"], fwd["gflnb"] = gflnb_infer(shape, channels_last=True)
+    fns["gflnb"], fwd["gflnb"] = gflnb_infer(shape, channels_last=True, fuse_bn=True)
+    fns["gflnb (NHWC, BN not folded)"], fwd["gflnb (NHWC, BN not folded)"] = gflnb_infer(shape, channels_last=True)
     fns["gflnb (contiguous)"], fwd["gflnb (contiguous)"] = gflnb_infer(shape, channels_last=False)
     for n in ("fcos", "retinanet"):
         fns[f"torchvision {n}"], fwd[f"torchvision {n}"] = tv_infer(n, shape)

@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint")
     b.add_argument("--amp", action="store_true")
     b.add_argument("--channels-last", action="store_true")
+    b.add_argument("--fuse-bn", action="store_true", help="fold the backbone's BatchNorm into its convs")
     b.add_argument("--json", help="also write the result here")
     return p
 
@@ -119,7 +120,7 @@ def _cmd_evaluate(a) -> None:
 def _cmd_benchmark(a) -> None:
     from .benchmark import benchmark_inference
     r = benchmark_inference(a.config, tuple(a.shape), a.device, a.warmup, a.runs, a.checkpoint, a.amp,
-                            a.channels_last)
+                            a.channels_last, a.fuse_bn)
     print(f"{r['config']} {r['shape'][0]}x{r['shape'][1]} (padded {r['padded'][0]}x{r['padded'][1]}) on "
           f"{r['device_name']}, {r['threads']} threads, batch 1: median {r['median_s'] * 1000:.1f} ms "
           f"(IQR {r['q1_s'] * 1000:.1f}-{r['q3_s'] * 1000:.1f} ms, {r['runs']} runs), {r['fps']:.2f} images/s")

@@ -266,3 +266,25 @@ def test_channels_last_is_inference_only_and_matches(r18):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
     m.train()  # NHWC training crashes torch 2.15 on CPU (1x1 stride-2 conv backward): back to NCHW
     assert m.backbone.conv1.weight.is_contiguous()
+
+
+def test_bn_folding_matches_and_leaves_the_original(r18):
+    from gflnb.fuse import fuse_for_inference
+    fused = fuse_for_inference(r18)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbone.modules())
+    assert "backbone.bn1.weight" in r18.state_dict()  # the original keeps mmdet's keys
+    x = INPUTS["inputs"]["H250xW370_pad256x384"]
+    run = IO["runs"][1]
+    with torch.no_grad():
+        cls, reg = fused(x)
+        preds = fused.predict(x, [run["img_meta"]])[0]
+    for a, b in zip(cls, run["cls_scores"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(reg, run["bbox_preds"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    match_as_sets(preds, run["predict_rescale_true"])
+    dcn = build_model("gfl_r50_fpn_1x_coco", stage_with_dcn=(False, True, True, True)).eval()
+    fd = fuse_for_inference(dcn)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fd(x)[0][0], dcn(x)[0][0], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,43 @@
+"""Inference-time folding of the backbone's BatchNorm into the preceding convolutions.
+
+In eval mode a BN is an affine map per channel, so ``conv -> BN`` equals one conv with rescaled
+weights and a bias; folding saves a full memory pass per conv (about 10% of R-50 inference on
+CPU). It works on a copy: the original keeps mmdetection's state-dict keys for checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .detector import GFL
+
+_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+
+def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
+    conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+    if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):  # DCN convs are left as they are
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, bn_name, nn.Identity())
+
+
+@torch.no_grad()
+def fuse_for_inference(model: GFL) -> GFL:
+    """An eval-mode copy of ``model`` whose backbone convs carry their BatchNorm."""
+    fused = copy.deepcopy(model).eval()
+    bb = fused.backbone
+    _fold(bb, "conv1", "bn1")
+    for layer in (bb.layer1, bb.layer2, bb.layer3, bb.layer4):
+        for block in layer:
+            for c, b in _PAIRS:
+                _fold(block, c, b)
+            ds = getattr(block, "downsample", None)
+            if isinstance(ds, nn.Sequential) and len(ds) == 2 and type(ds[0]) is nn.Conv2d:
+                ds[0] = fuse_conv_bn_eval(ds[0], ds[1])
+                ds[1] = nn.Identity()
+    if fused._nhwc:
+        fused.to(memory_format=torch.channels_last)
+    return fused
