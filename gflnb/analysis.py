@@ -77,13 +77,9 @@ def predict_images(model: GFL, ds: CocoDetection, indices: Sequence[int], device
     model.eval().to(device)
     for i in range(0, len(indices), batch_size):
         samples = [ds[j] for j in indices[i:i + batch_size]]
-        images, targets, metas = collate(samples)
-        cls, reg = model(images.to(device))
-        c = model.cfg
-        dets = model.bbox_head.predict(cls, reg, metas, rescale=True, score_thr=c.score_thr, nms_pre=c.nms_pre,
-                                       iou_threshold=c.iou_threshold, max_per_img=c.max_per_img,
-                                       with_dist=with_dist)
-        for s, d, m in zip(samples, dets, metas):
+        images, _, metas = collate(samples)
+        dets = model.predict(images.to(device), metas, rescale=True, with_dist=with_dist)
+        for d, m in zip(dets, metas):
             out.append(dict(meta=m, **{k: v.cpu() for k, v in d.items()}))
     return out
 

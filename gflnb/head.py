@@ -44,6 +44,7 @@ class HeadTargets:
     valid_flags: list[Tensor]  # per image [A] bool
     num_pos_avg_factor: float  # sum over images of max(num_pos, 1)
     num_level_anchors: list[int]
+    anchors: Tensor  # [A, 4] anchor boxes, levels concatenated
 
     def per_level(self, name: str) -> list[Tensor]:
         """Split ``labels``/``label_weights``/``bbox_targets`` into per-level ``[B, N_l, ...]``."""
@@ -137,7 +138,7 @@ class GFLHead(nn.Module):
             boxes_t[i, valid_idx[pos]] = gt_boxes[gt_inds[pos] - 1]
             flags.append(vf)
             avg_factor += max(int(pos.numel()), 1)
-        return HeadTargets(labels, weights, boxes_t, flags, float(avg_factor), num_level)
+        return HeadTargets(labels, weights, boxes_t, flags, float(avg_factor), num_level, anchors)
 
     # ------------------------------------------------------------------ loss
     def _flatten(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -160,7 +161,7 @@ class GFLHead(nn.Module):
         cls, reg = cls.float().reshape(B * A, C), reg.float().reshape(B * A, -1)
         labels, label_weights = tg.labels.reshape(-1), tg.label_weights.reshape(-1)
 
-        anchors = torch.cat(self.anchors(featmap_sizes, device))
+        anchors = tg.anchors
         strides = torch.cat([anchors.new_full((n,), s) for n, s in zip(tg.num_level_anchors, self.strides)])
         avg_factor = dist.reduce_mean(torch.tensor(tg.num_pos_avg_factor, device=device)).item()
 
