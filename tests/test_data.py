@@ -126,3 +126,22 @@ def test_epoch_batches_group_by_aspect_and_cover_everything():
     assert all(len(set(groups[x])) == 1 for x in full)
     shards = [epoch_batches(groups, 2, 0, 0, rank=r, world=3) for r in range(3)]
     assert set(i for s in shards for x in s for i in x) == set(range(len(groups)))
+
+
+def test_reads_a_coco_set_gflnb_did_not_write(tmp_path):
+    """benchmarks/glyphs.py: other category ids, PNGs, portrait and landscape images, crowd regions."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("glyphs", Path(__file__).parents[1] / "benchmarks" / "glyphs.py")
+    glyphs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(glyphs)
+    glyphs.write_split(tmp_path, "train", 40, np.random.default_rng(3), 1000)
+    ann = tmp_path / "annotations" / "instances_train.json"
+    coco = json.loads(ann.read_text())
+    assert any(a["iscrowd"] for a in coco["annotations"])
+    cfg = get_config("gfl_cpu_demo", num_classes=5)
+    ds = CocoDetection(ann, tmp_path / "train", cfg, train=False)
+    assert ds.num_classes == 5 and [ds.label2cat[i] for i in range(5)] == [1, 2, 5, 17, 90]
+    assert set(ds.aspect_groups().tolist()) == {0, 1}  # both orientations
+    # crowd regions are ignored; so are glyphs under 1 px, as in mmdet (none expected here)
+    assert sum(len(ds[i]["labels"]) for i in range(len(ds))) == sum(1 for a in coco["annotations"] if not a["iscrowd"])

@@ -1,5 +1,6 @@
 """The real path end to end: synth -> train -> evaluate, and exact resumption."""
 import json
+import math
 
 import pytest
 import torch
@@ -84,23 +85,53 @@ def test_train_then_evaluate_end_to_end(tiny, tmp_path, capsys):
     coco.loadRes(str(out))  # pycocotools accepts the results file
 
 
-def test_resume_gives_identical_weights_and_log(tiny, tmp_path):
+@pytest.mark.parametrize("ema", [False, True])
+def test_resume_gives_identical_weights_and_log(tiny, tmp_path, ema):
+    extra = ("--set", "ema_decay=0.9", "--set", "ema_tau=2") if ema else ()
     torch.use_deterministic_algorithms(True)
     try:
         a, b = tmp_path / "a", tmp_path / "b"
-        assert _train(tiny, a, "--epochs", "2", "--max-iters", "7") == 0
-        assert _train(tiny, b, "--epochs", "2", "--max-iters", "3") == 0  # stops mid-epoch 1
+        assert _train(tiny, a, "--epochs", "2", "--max-iters", "7", *extra) == 0
+        assert _train(tiny, b, "--epochs", "2", "--max-iters", "3", *extra) == 0  # stops mid-epoch 1
         assert json.loads((b / "metrics.json").read_text())["iterations"] == 3
-        assert _train(tiny, b, "--epochs", "2", "--max-iters", "7", "--resume") == 0  # crosses an epoch end
+        assert _train(tiny, b, "--epochs", "2", "--max-iters", "7", "--resume", *extra) == 0  # crosses an epoch end
         sa = torch.load(a / "latest.pth", weights_only=True)
         sb = torch.load(b / "latest.pth", weights_only=True)
         assert sa["meta"]["global_iter"] == sb["meta"]["global_iter"] == 7
-        for k in sa["state_dict"]:
-            assert torch.equal(sa["state_dict"][k], sb["state_dict"][k]), k
+        assert ("train_state_dict" in sa) == ema
+        for part in ("state_dict", "train_state_dict") if ema else ("state_dict",):
+            for k in sa[part]:
+                assert torch.equal(sa[part][k], sb[part][k]), (part, k)
+        if ema:  # the evaluated weights are the average, not the last step's
+            assert sa["meta"]["ema_updates"] == 7
+            assert not torch.equal(sa["state_dict"]["bbox_head.gfl_cls.weight"],
+                                   sa["train_state_dict"]["bbox_head.gfl_cls.weight"])
         keys = ("iter", "epoch", "lr", "loss_cls", "loss_bbox", "loss_dfl")
         assert [[r[k] for k in keys] for r in _log(a)] == [[r[k] for k in keys] for r in _log(b)]
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_ema_follows_the_ramped_decay():
+    from gflnb.ema import make_ema
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = make_ema(model, decay=0.9, tau=2.0)
+    expected = None
+    for n in range(4):
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn(2, 3))
+        model(torch.randn(5, 3))  # moves the BatchNorm statistics and its counter
+        w = model[0].weight.detach().clone()
+        if expected is None:
+            expected = w  # the first update copies
+        else:
+            d = 0.9 * (1 - math.exp(-n / 2.0))
+            expected = d * expected + (1 - d) * w
+        ema.update_parameters(model)
+    torch.testing.assert_close(ema.module[0].weight, expected, rtol=1e-6, atol=1e-7)
+    assert int(ema.module[1].num_batches_tracked) == 4  # integer buffers are copied, not averaged
+    assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
