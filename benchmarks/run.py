@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run.py [--quick] [--out benchmarks/results]
 
 Measures (each latency also as a multiple of its FLOP floor = FLOPs / the machine's attained conv
-rate, measured in the same run):
+rate, the best median of a large conv and a large matmul timed in the same interleaved rounds):
   * batch-1 inference at 800x1333 and 512x512: gflnb GFL R-50 (NHWC and NCHW) vs torchvision FCOS
     and RetinaNet R50-FPN (random weights, score threshold 0.05), rounds interleaved;
   * one training step (batch 2 of 512x512, SGD): gflnb vs FCOS;

@@ -82,19 +82,24 @@ def flops(fn) -> float:
     return float(fc.get_total_flops())
 
 
-def conv_rate(reps: int = 5) -> float:
-    """Attained fp32 GFLOP/s of a large 3x3 conv (the head's and the backbone's dominant op)."""
+def rate_probes() -> dict:
+    """Ops that run at the machine's best fp32 rate: a large 3x3 conv (the dominant op of backbone
+    and head) and a large matmul. Each is ``(fn, flops)``; timed interleaved with the models."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
     x = torch.randn(1, 256, 100, 168)
-    f = 2 * 256 * 256 * 9 * 100 * 168
-    with torch.no_grad():
-        conv(x)
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            conv(x)
-            ts.append(time.perf_counter() - t)
-    return f / min(ts) / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return {"probe: conv 3x3 256ch 100x168": ((lambda: conv(x)), 2 * 256 * 256 * 9 * 100 * 168),
+            "probe: matmul 2048^2": ((lambda: a @ b), 2 * 2048 ** 3)}
+
+
+def attained_rate(probe_times: dict, probes: dict) -> dict:
+    """GFLOP/s of each probe from its median time, and the best of them (the floor's rate).
+
+    The median, as for the models: a rate from the fastest probe run against a model's median
+    would charge the model for the machine's jitter.
+    """
+    rates = {k: probes[k][1] / med(v) / 1e9 for k, v in probe_times.items()}
+    return dict(rates, best=max(rates.values()))
 
 
 # ------------------------------------------------------------------ models
@@ -136,21 +141,26 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 1, no_grad: bool = Tr
     return times
 
 
-def bench_inference(shape, rounds, rate):
+def bench_inference(shape, rounds, probes) -> tuple[dict, dict]:
+    """Latency and FLOPs of each model at ``shape``, with the rate probes in the same rounds."""
     fns, fwd = {}, {}
     fns["gflnb"], fwd["gflnb"] = gflnb_infer(shape, channels_last=True, fuse_bn=True)
     fns["gflnb (NHWC, BN not folded)"], fwd["gflnb (NHWC, BN not folded)"] = gflnb_infer(shape, channels_last=True)
     fns["gflnb (contiguous)"], fwd["gflnb (contiguous)"] = gflnb_infer(shape, channels_last=False)
     for n in ("fcos", "retinanet"):
         fns[f"torchvision {n}"], fwd[f"torchvision {n}"] = tv_infer(n, shape)
-    times = time_interleaved(fns, rounds)
+    times = time_interleaved({**fns, **{k: f for k, (f, _) in probes.items()}}, rounds)
     out = {}
     with torch.no_grad():
         for k in fns:
-            f = flops(fwd[k])
-            out[k] = dict(median_s=med(times[k]), iqr_s=spread(times[k]), gflop=f / 1e9,
-                          floor_s=f / (rate * 1e9), x_floor=med(times[k]) / (f / (rate * 1e9)))
-    return out
+            out[k] = dict(median_s=med(times[k]), iqr_s=spread(times[k]), gflop=flops(fwd[k]) / 1e9)
+    return out, {k: times[k] for k in probes}
+
+
+def add_floors(results: dict, gflops_per_s: float) -> None:
+    for r in results.values():
+        r["floor_s"] = r["gflop"] / gflops_per_s
+        r["x_floor"] = r["median_s"] / r["floor_s"]
 
 
 def bench_train_step(rounds):
@@ -296,8 +306,10 @@ def bench_losses(rounds):
 
 
 def markdown(res) -> str:
-    L = [f"# gflnb benchmarks\n\n{res['machine']}; torch {res['torch']}, {res['threads']} threads; attained conv "
-         f"rate {res['conv_gflops']:.0f} GFLOP/s (the floor of each latency is its FLOPs at this rate).\n"]
+    probes = ", ".join(f"{k.removeprefix('probe: ')} {v:.0f}" for k, v in res.get("rates", {}).items() if k != "best")
+    L = [f"# gflnb benchmarks\n\n{res['machine']}; torch {res['torch']}, {res['threads']} threads; attained fp32 "
+         f"rate {res['conv_gflops']:.0f} GFLOP/s, the best of the probes' medians ({probes} GFLOP/s), timed in "
+         f"the same interleaved rounds as the models. The floor of each latency is its FLOPs at this rate.\n"]
     for shape, rows in res["inference"].items():
         L.append(f"\n## Inference, batch 1, {shape}\n\n| model | median (s) | IQR (s) | GFLOP | x floor | vs FCOS |\n|---|---|---|---|---|---|")
         fc = rows["torchvision fcos"]["median_s"]
@@ -330,13 +342,20 @@ def run_suite(quick: bool = False, progress=print) -> dict:
     import platform
     torch.manual_seed(0)
     rounds = 2 if quick else 7
-    rate = conv_rate()
     res = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__,
-               torchvision=torchvision.__version__, threads=torch.get_num_threads(), conv_gflops=rate, quick=quick)
+               torchvision=torchvision.__version__, threads=torch.get_num_threads(), quick=quick)
     res["inference"] = {}
+    probes = rate_probes()
+    probe_times: dict = {k: [] for k in probes}
     for s in [(512, 512)] if quick else [(800, 1333), (512, 512)]:
         progress(f"inference {s[0]}x{s[1]} ...")
-        res["inference"][f"{s[0]}x{s[1]}"] = bench_inference(s, rounds, rate)
+        res["inference"][f"{s[0]}x{s[1]}"], pt = bench_inference(s, rounds, probes)
+        for k, v in pt.items():
+            probe_times[k] += v
+    res["rates"] = attained_rate(probe_times, probes)
+    res["conv_gflops"] = res["rates"]["best"]
+    for r in res["inference"].values():
+        add_floors(r, res["conv_gflops"])
     progress("training step ...")
     res["train_step"] = bench_train_step(max(2, rounds // 2))
     progress("ATSS ...")

@@ -20,8 +20,9 @@
 # (or a quick version of it, run here), with the compared things **interleaved** in the same
 # process, on the same inputs and threads, so that a busy machine slows them alike.
 #
-# The *floor* of a model is its FLOP count divided by the rate a large convolution attains on this
-# machine, measured in the same run: a latency of 1.2x the floor means 20% overhead beyond the
+# The *floor* of a model is its FLOP count divided by the best fp32 rate this machine attains: the
+# median rate of a large 3x3 convolution or a large matmul (whichever is faster), timed in the same
+# interleaved rounds as the models. A latency of 1.2x the floor means 20% overhead beyond the
 # arithmetic.
 
 # %% tags=["parameters"]
@@ -53,7 +54,7 @@ if path.exists():
 else:
     res = run_suite(quick=quick, progress=lambda m: None)
     source = "measured just now (quick suite)" if quick else "measured just now"
-print(f"{source}: torch {res['torch']}, {res['threads']} threads, conv rate {res['conv_gflops']:.0f} GFLOP/s")
+print(f"{source}: torch {res['torch']}, {res['threads']} threads, attained rate {res['conv_gflops']:.0f} GFLOP/s")
 
 # %% [markdown]
 # ## Inference against the peers and the floor
