@@ -90,7 +90,10 @@ class GFLConfig:
     # ema_decay * (1 - exp(-updates / ema_tau)) so early, poor weights are forgotten quickly.
     ema_decay: float = 0.0
     ema_tau: float = 2000.0
-    amp: bool = True  # used on CUDA only
+    amp: bool = True  # fp16 autocast + GradScaler when training on CUDA
+    # bf16 autocast when training on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where
+    # it measured 1.35x faster for the demo; ignored (fp32) on CPUs without them.
+    cpu_amp: bool = False
     channels_last: bool = False  # NHWC memory format at inference (eval mode), where it measures faster
     seed: int = 0
 
@@ -109,19 +112,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco": dict(_MS2X, depth=101, groups=32, base_width=4,
                                                      stage_with_dcn=(False, False, True, True)),
     "gfl_r18_fpn_1x_coco": dict(depth=18, in_channels=(64, 128, 256, 512)),
-    # A small GFL trained from scratch on 2 CPU cores in about 5 minutes (21 epochs of 1,000
+    # A small GFL trained from scratch on 2 CPU cores in about 5 minutes (25 epochs of 1,000
     # synthetic images of 256-320 px): ResNet-18 at 1/4 width, 3 FPN levels and a 2-conv head of
-    # 32 channels, anchors of 4x the stride, AdamW. At this budget epochs buy more than width: on
-    # the synthetic set with a 5-minute budget, FPN/head 64 at 13 epochs gave 49.4 AP, anchors 4x
-    # the stride instead of 8x 52.6 (octave 5: 52.2; reg_max 7: 49.7; lr 4e-3: 50.6; weight EMA:
-    # -1.1), then 15 epochs 55.4, FPN/head 48 at 17 epochs 56.9, FPN/head 32 at 21 epochs 58.5.
+    # 32 channels, anchors of 4x the stride, AdamW, bf16 autocast where the CPU has native bf16.
+    # At this budget epochs buy more than width. On the synthetic set with a 5-minute budget: FPN/head
+    # 64 at 13 epochs gave 49.4 AP, anchors 4x the stride instead of 8x 52.6 (octave 5: 52.2;
+    # reg_max 7: 49.7; lr 4e-3: 50.6; weight EMA: -1.1), then 15 epochs 55.4, FPN/head 48 at 17
+    # epochs 56.9, FPN/head 32 at 21 epochs 58.5 (4.9 min); bf16 ran those 21 epochs in 4.0 min at
+    # 58.6, and 25 epochs in 4.6 min gave 59.5 (benchmarks/results/demo.md).
     "gfl_cpu_demo": dict(
         depth=18, base_channels=16, in_channels=(16, 32, 64, 128), out_channels=32, num_outs=3,
         strides=(8, 16, 32), octave_base_scale=4, feat_channels=32, stacked_convs=2, norm_num_groups=16,
         frozen_stages=-1, norm_eval=False, pretrained_backbone=False, num_classes=4,
         img_scale=(320, 320), min_size=8, optimizer="adamw", lr=2e-3, base_batch_size=8,
-        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=21, milestones=(19,),
-        batch_size=8, num_workers=0, grad_clip=35.0),
+        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=25, milestones=(23,),
+        batch_size=8, num_workers=0, grad_clip=35.0, cpu_amp=True),
 }
 # The model-zoo checkpoints (GFL_SPEC section 1), by 3.x preset name.
 MODEL_ZOO = {

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -71,6 +72,13 @@ def lr_at(cfg: GFLConfig, base_lr: float, epoch: int, global_iter: int, budget_f
         f = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * global_iter / cfg.warmup_iters
     steps = sum(epoch >= m or (budget_frac is not None and budget_frac >= m / cfg.epochs) for m in cfg.milestones)
     return base_lr * f * cfg.gamma ** steps
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 dot products natively (without them bf16 is emulated, and slow)."""
+    cpu = getattr(torch, "cpu", None)
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, p, lambda: False)()) for p in probes)
 
 
 def build_optimizer(cfg: GFLConfig, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
@@ -185,6 +193,10 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     optimizer = build_optimizer(cfg, model, base_lr)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    cpu_bf16 = cfg.cpu_amp and device.type == "cpu" and cpu_has_native_bf16()
+    if cfg.cpu_amp and device.type == "cpu" and not cpu_bf16 and main:
+        warnings.warn("cpu_amp: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
+    amp_dtype = torch.bfloat16 if cpu_bf16 else torch.float16
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -222,7 +234,7 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
                     g["lr"] = lr
                 images = images.to(device, non_blocking=True)
                 targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp or cpu_bf16):
                     losses = loss_module(images, targets, metas)
                 loss = sum(losses.values())
                 values = {k: float(v.detach()) for k, v in losses.items()}

@@ -166,3 +166,24 @@ def test_fcos_peer_of_the_demo_trains_and_predicts(tiny):
     model.eval()
     dets = model.predict(images, metas, rescale=True)
     assert len(dets) == 3 and all(d["boxes"].shape[1] == 4 for d in dets)
+
+
+def test_cpu_amp_trains_in_bf16_where_native_and_warns_elsewhere(tiny, tmp_path, monkeypatch, capsys):
+    import gflnb.train as T
+    seen = []
+    real = torch.autocast
+
+    def spy(*a, **k):
+        seen.append((k.get("dtype"), k.get("enabled")))
+        return real(*a, **k)
+    monkeypatch.setattr(T.torch, "autocast", spy)
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    assert _train(tiny, tmp_path / "a", "--max-iters", "2", "--set", "cpu_amp=True") == 0
+    assert seen and all(s == (torch.bfloat16, True) for s in seen)
+    assert all(math.isfinite(r["loss"]) for r in _log(tmp_path / "a") if "loss" in r)
+    seen.clear()
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    capsys.readouterr()
+    assert _train(tiny, tmp_path / "b", "--max-iters", "2", "--set", "cpu_amp=True") == 0
+    assert "gflnb: warning: cpu_amp: this CPU has no native bf16" in capsys.readouterr().err
+    assert seen and not any(enabled for _, enabled in seen)
