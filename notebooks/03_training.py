@@ -91,8 +91,9 @@ print(f"training data: {stats['num_images']} images, {stats['num_annotations']} 
 cfg = get_config(config, **{"num_classes": stats["num_classes"], "seed": seed, **overrides})
 if epochs:
     cfg = get_config(cfg, epochs=epochs)
-show = ["depth", "base_channels", "out_channels", "num_outs", "strides", "feat_channels", "stacked_convs",
-        "reg_max", "img_scale", "optimizer", "lr", "batch_size", "epochs", "milestones", "warmup_iters"]
+show = ["depth", "base_channels", "out_channels", "num_outs", "strides", "octave_base_scale", "feat_channels",
+        "stacked_convs", "reg_max", "cpu_amp", "img_scale", "optimizer", "lr", "batch_size", "epochs", "milestones",
+        "warmup_iters"]
 print({k: getattr(cfg, k) for k in show})
 
 # %% [markdown]
