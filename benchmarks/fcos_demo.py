@@ -3,8 +3,9 @@
 The FCOS detector, its head, target assignment, losses and post-processing are torchvision's own;
 the backbone (ResNet-18 at reduced width) and FPN are gflnb's so that both detectors see the same
 features, and the data, schedule shape (warmup, one lr drop at the same fraction of the budget),
-optimizer, bf16 autocast (where the CPU has native bf16) and COCO evaluation are shared. By default FCOS gets the recipe that did best for it
-in the issue's measurements: ResNet-18 width 8, FPN 32, 3 levels, a 2-conv head, AdamW 2e-3.
+optimizer, bf16 autocast (where the CPU has native bf16) and COCO evaluation are shared. By
+default FCOS gets the recipe that did best for it in the issue's measurements: ResNet-18 width 8,
+FPN 32, 3 levels, a 2-conv head, AdamW 2e-3.
 
     python benchmarks/fcos_demo.py --data data/synth --max-minutes 5 [--set base_channels=16 ...]
 """
@@ -28,6 +29,7 @@ from gflnb.config import get_config, parse_set
 from gflnb.data import CocoDetection, epoch_batches, make_loader
 from gflnb.evaluate import evaluate_model, format_table
 from gflnb.neck import FPN
+from gflnb.synth import dataset_paths
 from gflnb.train import cpu_has_native_bf16, lr_at
 
 FCOS_RECIPE = dict(base_channels=8, in_channels=(8, 16, 32, 64), out_channels=32, feat_channels=32,
@@ -86,9 +88,8 @@ def main() -> None:
     ov = dict(FCOS_RECIPE, epochs=a.epochs, milestones=(int(a.epochs * 0.9),))
     ov.update(dict(parse_set(s) for s in a.set))
     cfg = get_config("gfl_cpu_demo", **ov)
-    ann = lambda s: a.data / "annotations" / f"instances_{s}.json"  # noqa: E731
-    train_ds = CocoDetection(ann("train"), a.data / "train", cfg, train=True)
-    val_ds = CocoDetection(ann("val"), a.data / "val", cfg, train=False)
+    train_ds = CocoDetection(*dataset_paths(a.data, "train"), cfg, train=True)
+    val_ds = CocoDetection(*dataset_paths(a.data, "val"), cfg, train=False)
     torch.manual_seed(cfg.seed)
     model = FCOSPeer(cfg)
     base_lr = cfg.lr * cfg.batch_size / cfg.base_batch_size

@@ -26,11 +26,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, int] = (800, 1333),
-                        device: str = "cpu", warmup: int = 3, runs: int = 20, checkpoint: Optional[str] = None,
-                        amp: bool = False, channels_last: bool = False, fuse_bn: bool = False) -> dict[str, Any]:
-    """Median latency of ``predict`` (forward and post-processing) on one padded image."""
+def med(xs):
+    return statistics.median(xs)
+
+
+def spread(xs):
+    """The interquartile range ``[q1, q3]``."""
+    s = sorted(xs)
+    return [s[len(s) // 4], s[(3 * len(s)) // 4]]
+
+
+def inference_setup(config: str, shape: tuple[int, int], device: str = "cpu", checkpoint: Optional[str] = None,
+                    fuse_bn: bool = False, channels_last: bool = False):
+    """An eval-mode model (BN folded and/or NHWC as asked), one padded random image and its meta."""
     dev = torch.device(device)
     cfg = get_config(config, pretrained_backbone=False)
     model = GFL(cfg).eval().to(dev)
@@ -40,14 +48,22 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
     if fuse_bn:
         from .fuse import fuse_for_inference
         model = fuse_for_inference(model)
+    ph, pw = pad_shape(shape, cfg.size_divisor)
+    x = torch.randn(1, 3, ph, pw, generator=torch.Generator().manual_seed(0)).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ph, pw = pad_shape(shape, cfg.size_divisor)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, ph, pw, generator=g).to(dev)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     meta = [dict(img_shape=tuple(shape), pad_shape=(ph, pw), scale_factor=(1.0, 1.0))]
+    return model, x, meta
+
+
+@torch.no_grad()
+def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, int] = (800, 1333),
+                        device: str = "cpu", warmup: int = 3, runs: int = 20, checkpoint: Optional[str] = None,
+                        amp: bool = False, channels_last: bool = False, fuse_bn: bool = False) -> dict[str, Any]:
+    """Median latency of ``predict`` (forward and post-processing) on one padded image."""
+    dev = torch.device(device)
+    model, x, meta = inference_setup(config, shape, device, checkpoint, fuse_bn, channels_last)
     times = []
     for i in range(warmup + runs):
         _sync(dev)
@@ -57,25 +73,14 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
         _sync(dev)
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    times.sort()
-    med = statistics.median(times)
-    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
-    return dict(config=config, shape=list(shape), padded=[ph, pw], device=str(dev),
+    q1, q3 = spread(times)
+    return dict(config=config, shape=list(shape), padded=list(meta[0]["pad_shape"]), device=str(dev),
                 device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                threads=torch.get_num_threads(), runs=runs, median_s=med, q1_s=q1, q3_s=q3, min_s=times[0],
-                fps=1.0 / med, amp=amp, channels_last=channels_last, fuse_bn=fuse_bn, torch=torch.__version__)
+                threads=torch.get_num_threads(), runs=runs, median_s=med(times), q1_s=q1, q3_s=q3, min_s=min(times),
+                fps=1.0 / med(times), amp=amp, channels_last=channels_last, fuse_bn=fuse_bn, torch=torch.__version__)
 
 
 # ------------------------------------------------------------------ the comparison suite (benchmarks/run.py)
-def med(xs):
-    return statistics.median(xs)
-
-
-def spread(xs):
-    s = sorted(xs)
-    return [s[len(s) // 4], s[(3 * len(s)) // 4]]
-
-
 def flops(fn) -> float:
     with FlopCounterMode(display=False) as fc:
         fn()
@@ -104,16 +109,7 @@ def attained_rate(probe_times: dict, probes: dict) -> dict:
 
 # ------------------------------------------------------------------ models
 def gflnb_infer(shape, channels_last, fuse_bn=False):
-    model = build_model("gfl_r50_fpn_1x_coco", pretrained_backbone=False).eval()
-    if fuse_bn:
-        from .fuse import fuse_for_inference
-        model = fuse_for_inference(model)
-    ph, pw = ((shape[0] + 31) // 32 * 32, (shape[1] + 31) // 32 * 32)
-    x = torch.randn(1, 3, ph, pw)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    meta = [dict(img_shape=tuple(shape), pad_shape=(ph, pw), scale_factor=(1.0, 1.0))]
+    model, x, meta = inference_setup("gfl_r50_fpn_1x_coco", shape, fuse_bn=fuse_bn, channels_last=channels_last)
     return (lambda: model.predict(x, meta, rescale=False)), (lambda: model(x))
 
 
@@ -255,7 +251,7 @@ def bench_atss(counts):
     out = []
     for n in counts:
         for mode in ("gflnb", "dense"):
-            # a fresh process per point: max RSS only grows, so each needs its own
+            # a fresh process per point, so no point inherits the previous one's allocator state
             r = subprocess.run([sys.executable, "-c", ATSS_CHILD, str(ROOT), str(n), mode], capture_output=True,
                                text=True, check=True)
             out.append(json.loads(r.stdout.strip().splitlines()[-1]))

@@ -191,12 +191,15 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     total_batch = cfg.batch_size * world
     base_lr = cfg.lr * total_batch / cfg.base_batch_size
     optimizer = build_optimizer(cfg, model, base_lr)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    cpu_bf16 = cfg.cpu_amp and device.type == "cpu" and cpu_has_native_bf16()
-    if cfg.cpu_amp and device.type == "cpu" and not cpu_bf16 and main:
-        warnings.warn("cpu_amp: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
-    amp_dtype = torch.bfloat16 if cpu_bf16 else torch.float16
+    amp_dtype = None  # autocast dtype; None: fp32
+    if device.type == "cuda" and cfg.amp:
+        amp_dtype = torch.float16
+    elif device.type == "cpu" and cfg.cpu_amp:
+        if cpu_has_native_bf16():
+            amp_dtype = torch.bfloat16
+        elif main:
+            warnings.warn("cpu_amp: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -234,7 +237,8 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
                     g["lr"] = lr
                 images = images.to(device, non_blocking=True)
                 targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp or cpu_bf16):
+                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
+                                    enabled=amp_dtype is not None):
                     losses = loss_module(images, targets, metas)
                 loss = sum(losses.values())
                 values = {k: float(v.detach()) for k, v in losses.items()}
