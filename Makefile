@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gflnb-installed
 
-.PHONY: setup test book tools clean
+.PHONY: setup test book tools ablations clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +17,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# headless Chromium (the book's browser checks) and npm (MathJax for offline math), from Debian's packages
+# headless Chromium (the book's browser checks) and npm (MathJax for offline math): each installed
+# only when it is missing, in its own apt transaction (.ci/tools.sh)
 tools:
-	@command -v chromium >/dev/null && command -v npm >/dev/null || { apt-get update -qq && \
-		apt-get install -y -qq chromium npm >/dev/null; }
+	@bash .ci/tools.sh
 
 test: $(STAMP) tools
 	$(PY) -m pytest -q
 
 book: $(STAMP) tools
 	$(PY) -m gflnb.book
+
+# rerun the whole ablation sweep (points already done are skipped) and rewrite experiments/ablations/
+ablations: $(STAMP)
+	$(PY) -m gflnb sweep experiments/ablations/grid.yaml
 
 clean:
 	rm -rf book/_build book/notebooks notebooks/_executed

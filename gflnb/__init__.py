@@ -1,8 +1,14 @@
 """gflnb: Generalized Focal Loss (Li et al., NeurIPS 2020) faithful to mmdetection 3.3, in plain PyTorch."""
+from . import portable
+
+portable.apply()  # before torch picks its CPU kernels: the same numbers on every machine (gflnb/portable.py)
+
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import PRESETS, ConfigError, GFLConfig, get_config
 from .detector import GFL, build_model
 from .head import GFLHead
+
+portable.check()
 
 __version__ = "0.1.0"
 __all__ = ["GFL", "GFLHead", "GFLConfig", "PRESETS", "ConfigError", "CheckpointError", "build_model",

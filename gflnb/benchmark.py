@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import get_config
 from .detector import GFL, build_model
+from .machine import machine_info
 from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
 from .preprocess import pad_shape
 
@@ -36,23 +37,33 @@ def spread(xs):
     return [s[len(s) // 4], s[(3 * len(s)) // 4]]
 
 
+INFERENCE_PATHS = ("evaluate", "nhwc", "plain")
+
+
 def inference_setup(config: str, shape: tuple[int, int], device: str = "cpu", checkpoint: Optional[str] = None,
-                    fuse_bn: bool = False, channels_last: bool = False):
-    """An eval-mode model (BN folded and/or NHWC as asked), one padded random image and its meta."""
+                    path: str = "evaluate"):
+    """An eval-mode model, one padded random image and its meta.
+
+    ``path``: ``evaluate`` is :func:`gflnb.fuse.inference_model`, what ``gflnb evaluate`` and the
+    notebooks run (BN folded, NHWC on CPU); ``nhwc`` the model as built in NHWC, BN not folded;
+    ``plain`` the model as built (NCHW, BN not folded).
+    """
+    if path not in INFERENCE_PATHS:
+        raise ValueError(f"inference path must be one of {INFERENCE_PATHS}, not {path!r}")
     dev = torch.device(device)
     cfg = get_config(config, pretrained_backbone=False)
     model = GFL(cfg).eval().to(dev)
     if checkpoint:
         from .checkpoint import load_checkpoint
         load_checkpoint(model, checkpoint)
-    if fuse_bn:
-        from .fuse import fuse_for_inference
-        model = fuse_for_inference(model)
+    if path == "evaluate":
+        from .fuse import inference_model
+        model = inference_model(model, dev)
+    elif path == "nhwc" and not model._nhwc:
+        model._nhwc = True
+        model = model.to(memory_format=torch.channels_last)
     ph, pw = pad_shape(shape, cfg.size_divisor)
     x = torch.randn(1, 3, ph, pw, generator=torch.Generator().manual_seed(0)).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
     meta = [dict(img_shape=tuple(shape), pad_shape=(ph, pw), scale_factor=(1.0, 1.0))]
     return model, x, meta
 
@@ -60,10 +71,10 @@ def inference_setup(config: str, shape: tuple[int, int], device: str = "cpu", ch
 @torch.no_grad()
 def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, int] = (800, 1333),
                         device: str = "cpu", warmup: int = 3, runs: int = 20, checkpoint: Optional[str] = None,
-                        amp: bool = False, channels_last: bool = False, fuse_bn: bool = False) -> dict[str, Any]:
+                        amp: bool = False, path: str = "evaluate") -> dict[str, Any]:
     """Median latency of ``predict`` (forward and post-processing) on one padded image."""
     dev = torch.device(device)
-    model, x, meta = inference_setup(config, shape, device, checkpoint, fuse_bn, channels_last)
+    model, x, meta = inference_setup(config, shape, device, checkpoint, path)
     times = []
     for i in range(warmup + runs):
         _sync(dev)
@@ -76,8 +87,8 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
     q1, q3 = spread(times)
     return dict(config=config, shape=list(shape), padded=list(meta[0]["pad_shape"]), device=str(dev),
                 device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                threads=torch.get_num_threads(), runs=runs, median_s=med(times), q1_s=q1, q3_s=q3, min_s=min(times),
-                fps=1.0 / med(times), amp=amp, channels_last=channels_last, fuse_bn=fuse_bn, torch=torch.__version__)
+                runs=runs, median_s=med(times), q1_s=q1, q3_s=q3, min_s=min(times),
+                fps=1.0 / med(times), amp=amp, path=path, **machine_info())
 
 
 # ------------------------------------------------------------------ the comparison suite (benchmarks/run.py)
@@ -108,8 +119,12 @@ def attained_rate(probe_times: dict, probes: dict) -> dict:
 
 
 # ------------------------------------------------------------------ models
-def gflnb_infer(shape, channels_last, fuse_bn=False):
-    model, x, meta = inference_setup("gfl_r50_fpn_1x_coco", shape, fuse_bn=fuse_bn, channels_last=channels_last)
+# "gflnb" is the path gflnb evaluate runs; the other rows show what each of its two steps buys.
+GFLNB_ROWS = {"gflnb": "evaluate", "gflnb (NHWC, BN not folded)": "nhwc", "gflnb (as built: NCHW, BN)": "plain"}
+
+
+def gflnb_infer(shape, path):
+    model, x, meta = inference_setup("gfl_r50_fpn_1x_coco", shape, path=path)
     return (lambda: model.predict(x, meta, rescale=False)), (lambda: model(x))
 
 
@@ -140,9 +155,8 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 1, no_grad: bool = Tr
 def bench_inference(shape, rounds, probes) -> tuple[dict, dict]:
     """Latency and FLOPs of each model at ``shape``, with the rate probes in the same rounds."""
     fns, fwd = {}, {}
-    fns["gflnb"], fwd["gflnb"] = gflnb_infer(shape, channels_last=True, fuse_bn=True)
-    fns["gflnb (NHWC, BN not folded)"], fwd["gflnb (NHWC, BN not folded)"] = gflnb_infer(shape, channels_last=True)
-    fns["gflnb (contiguous)"], fwd["gflnb (contiguous)"] = gflnb_infer(shape, channels_last=False)
+    for name, path in GFLNB_ROWS.items():
+        fns[name], fwd[name] = gflnb_infer(shape, path)
     for n in ("fcos", "retinanet"):
         fns[f"torchvision {n}"], fwd[f"torchvision {n}"] = tv_infer(n, shape)
     times = time_interleaved({**fns, **{k: f for k, (f, _) in probes.items()}}, rounds)
@@ -159,15 +173,15 @@ def add_floors(results: dict, gflops_per_s: float) -> None:
         r["x_floor"] = r["median_s"] / r["floor_s"]
 
 
-def bench_train_step(rounds):
-    """One SGD step on 2 images of 512x512: gflnb as the engine trains (NCHW), in NHWC, and FCOS."""
+def bench_train_step(rounds, size: int = 512):
+    """One SGD step on 2 images of ``size`` x ``size``: gflnb as the engine trains R-50 (NCHW), in NHWC, and FCOS."""
     from torchvision.models import detection as D
     torch.manual_seed(0)
     boxes = torch.tensor([[40., 60., 200., 260.], [300., 100., 480., 400.], [10., 10., 60., 50.]])
     labels = torch.tensor([3, 17, 42])
-    metas = [dict(img_shape=(512, 512), pad_shape=(512, 512), scale_factor=(1.0, 1.0))] * 2
+    metas = [dict(img_shape=(size, size), pad_shape=(size, size), scale_factor=(1.0, 1.0))] * 2
     tg = [dict(boxes=boxes, labels=labels)] * 2
-    x = torch.randn(2, 3, 512, 512)
+    x = torch.randn(2, 3, size, size)
 
     def gfl_step(nhwc):
         model = build_model("gfl_r50_fpn_1x_coco", pretrained_backbone=False).train()
@@ -183,9 +197,9 @@ def bench_train_step(rounds):
             opt.step()
         return step
 
-    fcos = D.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80, min_size=512, max_size=512).train()
+    fcos = D.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80, min_size=size, max_size=size).train()
     opt_f = torch.optim.SGD([p for p in fcos.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    imgs = [torch.rand(3, 512, 512) for _ in range(2)]
+    imgs = [torch.rand(3, size, size) for _ in range(2)]
 
     def step_f():
         opt_f.zero_grad()
@@ -303,7 +317,7 @@ def bench_losses(rounds):
 
 def markdown(res) -> str:
     probes = ", ".join(f"{k.removeprefix('probe: ')} {v:.0f}" for k, v in res.get("rates", {}).items() if k != "best")
-    L = [f"# gflnb benchmarks\n\n{res['machine']}; torch {res['torch']}, {res['threads']} threads; attained fp32 "
+    L = [f"# gflnb benchmarks\n\n{res['machine']}; torchvision {res['torchvision']}; attained fp32 "
          f"rate {res['conv_gflops']:.0f} GFLOP/s, the best of the probes' medians ({probes} GFLOP/s), timed in "
          f"the same interleaved rounds as the models. The floor of each latency is its FLOPs at this rate.\n"]
     for shape, rows in res["inference"].items():
@@ -313,7 +327,7 @@ def markdown(res) -> str:
             L.append(f"| {k} | {r['median_s']:.3f} | {r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f} | {r['gflop']:.1f} | "
                      f"{r['x_floor']:.2f} | {r['median_s'] / fc:.2f} |")
     t = res["train_step"]
-    L.append("\n## Training step, batch 2 of 512x512\n\n| model | median (s) | IQR (s) | vs FCOS |\n|---|---|---|---|")
+    L.append(f"\n## Training step, batch 2 of {res.get('train_size', 512)}x{res.get('train_size', 512)}\n\n| model | median (s) | IQR (s) | vs FCOS |\n|---|---|---|---|")
     for k, r in t.items():
         L.append(f"| {k} | {r['median_s']:.3f} | {r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f} | "
                  f"{r['median_s'] / t['torchvision fcos']['median_s']:.2f} |")
@@ -334,11 +348,13 @@ def markdown(res) -> str:
 
 
 def run_suite(quick: bool = False, progress=print) -> dict:
-    """Every comparison of the suite; ``quick`` is a smoke run (512x512 only, few rounds, up to 100 gts)."""
-    import platform
+    """Every comparison of the suite; ``quick`` is a smoke run (inference at 512x512 only, a
+    training step at 256x256, few rounds, up to 100 gts)."""
+    from .machine import describe, machine_info
     torch.manual_seed(0)
     rounds = 2 if quick else 7
-    res = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__,
+    info = machine_info()
+    res = dict(machine=describe(info), machine_info=info, torch=torch.__version__,
                torchvision=torchvision.__version__, threads=torch.get_num_threads(), quick=quick)
     res["inference"] = {}
     probes = rate_probes()
@@ -353,9 +369,10 @@ def run_suite(quick: bool = False, progress=print) -> dict:
     for r in res["inference"].values():
         add_floors(r, res["conv_gflops"])
     progress("training step ...")
-    res["train_step"] = bench_train_step(max(2, rounds // 2))
+    res["train_size"] = 256 if quick else 512
+    res["train_step"] = bench_train_step(max(2, rounds // 2), res["train_size"])
     progress("ATSS ...")
-    res["atss"] = bench_atss([1, 10, 100] if quick else [1, 10, 100, 500, 1000, 2000])
+    res["atss"] = bench_atss([10, 100] if quick else [1, 10, 100, 500, 1000, 2000])
     progress("losses ...")
     res["losses"] = bench_losses(rounds)
     return res

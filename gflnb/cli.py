@@ -1,4 +1,4 @@
-"""``gflnb`` command line: synth, train, evaluate, benchmark.
+"""``gflnb`` command line: synth, train, evaluate, benchmark, sweep.
 
 Bad input gives one line, ``gflnb: error: ...``, and exit status 2; never a traceback wall.
 """
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--plain", action="store_true",
+                   help="run the model as built (BN not folded, NCHW) instead of the inference path")
 
     b = sub.add_parser("benchmark", help="batch-1 inference speed")
     b.add_argument("--config", default="gfl_r50_fpn_1x_coco")
@@ -60,9 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--checkpoint")
     b.add_argument("--amp", action="store_true")
-    b.add_argument("--channels-last", action="store_true")
-    b.add_argument("--fuse-bn", action="store_true", help="fold the backbone's BatchNorm into its convs")
+    b.add_argument("--path", default="evaluate", choices=["evaluate", "nhwc", "plain"],
+                   help="evaluate: what gflnb evaluate runs (BN folded, NHWC on CPU); nhwc: NHWC, BN not "
+                        "folded; plain: the model as built")
     b.add_argument("--json", help="also write the result here")
+
+    w = sub.add_parser("sweep", help="run a grid of notebook experiments (variant x seed) with papermill")
+    w.add_argument("grid", help="grid file, e.g. experiments/ablations/grid.yaml")
+    w.add_argument("--jobs", type=int, help="runs side by side (default: the grid's)")
+    w.add_argument("--only", nargs="+", metavar="VARIANT", help="these variants only")
+    w.add_argument("--seeds", nargs="+", type=int, help="these seeds only")
+    w.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -107,25 +117,34 @@ def _cmd_evaluate(a) -> None:
     over = _overrides(a.set)
     ds_cfg = get_config(a.config, **over)
     ds = CocoDetection(a.ann, a.images, ds_cfg, train=False)
+    ds.check_images()
     over.setdefault("num_classes", ds.num_classes)
     cfg = get_config(a.config, pretrained_backbone=False, **over)
     model = GFL(cfg)
     load_checkpoint(model, ck)
     device = resolve_device(a.device)
-    res = evaluate_model(model.to(device), ds, device, a.batch_size, a.out, not a.no_progress)
+    res = evaluate_model(model.to(device), ds, device, a.batch_size, a.out, not a.no_progress, fast=not a.plain)
     print(format_table(res, f"{cfg.name}: {a.checkpoint} on {a.ann}"))
     Path(a.out).with_suffix(".metrics.json").write_text(json.dumps(res.to_dict(), indent=1))
 
 
 def _cmd_benchmark(a) -> None:
     from .benchmark import benchmark_inference
-    r = benchmark_inference(a.config, tuple(a.shape), a.device, a.warmup, a.runs, a.checkpoint, a.amp,
-                            a.channels_last, a.fuse_bn)
-    print(f"{r['config']} {r['shape'][0]}x{r['shape'][1]} (padded {r['padded'][0]}x{r['padded'][1]}) on "
-          f"{r['device_name']}, {r['threads']} threads, batch 1: median {r['median_s'] * 1000:.1f} ms "
+    from .machine import describe
+    r = benchmark_inference(a.config, tuple(a.shape), a.device, a.warmup, a.runs, a.checkpoint, a.amp, a.path)
+    where = r["device_name"] if a.device == "cuda" else describe(r)
+    print(f"{r['config']} {r['shape'][0]}x{r['shape'][1]} (padded {r['padded'][0]}x{r['padded'][1]}), "
+          f"{a.path} path, on {where}, batch 1: median {r['median_s'] * 1000:.1f} ms "
           f"(IQR {r['q1_s'] * 1000:.1f}-{r['q3_s'] * 1000:.1f} ms, {r['runs']} runs), {r['fps']:.2f} images/s")
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1))
+
+
+def _cmd_sweep(a) -> None:
+    from .sweep import run_sweep
+    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress)
+    print(f"{r['points']} points: {r['ran']} run, {r['skipped']} already done, {r['failed']} failed, "
+          f"{r['wall_s'] / 60:.1f} min with {r['jobs']} side by side; table: {r['table']}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -138,13 +157,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .sweep import GridError
     from .train import TrainingDiverged
     warnings.simplefilter("default")
     warnings.showwarning = _show_warning
-    known = (ConfigError, CheckpointError, DataError, PretrainedWeightsError, TrainingDiverged, FileNotFoundError,
-             ValueError, KeyError, RuntimeError)
+    known = (ConfigError, CheckpointError, DataError, PretrainedWeightsError, TrainingDiverged, GridError,
+             FileNotFoundError, ValueError, KeyError, RuntimeError)
     try:
-        {"synth": _cmd_synth, "train": _cmd_train, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark}[args.cmd](args)
+        {"synth": _cmd_synth, "train": _cmd_train, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark,
+         "sweep": _cmd_sweep}[args.cmd](args)
     except known as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"gflnb: error: {msg}", file=sys.stderr)

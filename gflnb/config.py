@@ -19,6 +19,12 @@ class ConfigError(ValueError):
     """An unknown preset or field, or a value of the wrong type."""
 
 
+# The paper's ablations (GFL_SPEC / PAPER_TABLES): the values of ``quality`` (Table 1a, plus
+# GFLv2's DGQP) and ``box`` (Table 2a). gflnb.quality and gflnb.boxcoder implement one each.
+QUALITIES = ("none", "centerness", "iou", "qfl", "dgqp")
+BOXES = ("dirac", "integral", "dfl")
+
+
 @dataclass(frozen=True)
 class GFLConfig:
     name: str = "gfl_r50_fpn_1x_coco"
@@ -54,6 +60,15 @@ class GFLConfig:
     loss_cls_weight: float = 1.0
     loss_bbox_weight: float = 2.0
     loss_dfl_weight: float = 0.25
+    # ---- ablated variants (defaults: GFL). Table 3's QFL x DFL grid is quality in {none, qfl} x
+    # box in {integral, dfl}; its "neither" row is the ATSS-like focal + GIoU baseline.
+    quality: str = "qfl"  # none | centerness | iou | qfl | dgqp (see gflnb/quality.py)
+    box: str = "dfl"  # dirac | integral | dfl (see gflnb/boxcoder.py)
+    loss_quality_weight: float = 1.0  # BCE of a separate centerness/IoU branch (ATSS: 1.0)
+    focal_alpha: float = 0.25  # focal loss of the variants without a joint score (RetinaNet/ATSS)
+    focal_gamma: float = 2.0
+    dgqp_topk: int = 4  # GFLv2: top-k bin probabilities per side (+ their mean) feed the DGQP
+    dgqp_channels: int = 64
 
     # ---- test
     score_thr: float = 0.05
@@ -91,10 +106,13 @@ class GFLConfig:
     ema_decay: float = 0.0
     ema_tau: float = 2000.0
     amp: bool = True  # fp16 autocast + GradScaler when training on CUDA
-    # bf16 autocast when training on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where
-    # it measured 1.35x faster for the demo; ignored (fp32) on CPUs without them.
+    # bf16 autocast when training on a CPU with native bf16 dot products (AVX512-BF16 or AMX) and
+    # GFLNB_NATIVE_ISA=1, where it measured 1.35x faster for the demo; fp32 (with a warning) elsewhere.
+    # Off by default: its numbers differ from fp32's and exist on some machines only.
     cpu_amp: bool = False
-    channels_last: bool = False  # NHWC memory format at inference (eval mode), where it measures faster
+    # NHWC weights and activations, for training and inference (faster with oneDNN on CPU). gflnb's
+    # inference path (gflnb.fuse.inference_model) uses NHWC on CPU whatever this says.
+    channels_last: bool = False
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,21 +130,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco": dict(_MS2X, depth=101, groups=32, base_width=4,
                                                      stage_with_dcn=(False, False, True, True)),
     "gfl_r18_fpn_1x_coco": dict(depth=18, in_channels=(64, 128, 256, 512)),
-    # A small GFL trained from scratch on 2 CPU cores in about 5 minutes (25 epochs of 1,000
-    # synthetic images of 256-320 px): ResNet-18 at 1/4 width, 3 FPN levels and a 2-conv head of
-    # 32 channels, anchors of 4x the stride, AdamW, bf16 autocast where the CPU has native bf16.
-    # At this budget epochs buy more than width. On the synthetic set with a 5-minute budget: FPN/head
-    # 64 at 13 epochs gave 49.4 AP, anchors 4x the stride instead of 8x 52.6 (octave 5: 52.2;
-    # reg_max 7: 49.7; lr 4e-3: 50.6; weight EMA: -1.1), then 15 epochs 55.4, FPN/head 48 at 17
-    # epochs 56.9, FPN/head 32 at 21 epochs 58.5 (4.9 min); bf16 ran those 21 epochs in 4.0 min at
-    # 58.6, and 25 epochs in 4.6 min gave 59.5 (benchmarks/results/demo.md).
+    # A small GFL trained from scratch on 2 CPU cores: 12 epochs of 1,000 synthetic images of
+    # 256-320 px (1,500 iterations; ResNet-18 at 1/4 width, 3 FPN levels and a 2-conv head of 32
+    # channels, anchors of 4x the stride, AdamW), in fp32 and NHWC on every machine, so its AP is the
+    # same everywhere (gflnb/portable.py). Epochs, not minutes: 12 keep `make book` within 15 minutes
+    # on the slowest machine of this project's kind (Zen 3, AVX2 only). How the shape was found, under
+    # a 5-minute budget on a faster machine: FPN/head 64 at 13 epochs gave 49.4 AP, anchors 4x the
+    # stride instead of 8x 52.6 (octave 5: 52.2; reg_max 7: 49.7; lr 4e-3: 50.6; weight EMA: -1.1),
+    # then 15 epochs 55.4, FPN/head 48 at 17 epochs 56.9, FPN/head 32 at 21 epochs 58.5; 25 epochs
+    # in bf16 59.5 (benchmarks/results/demo.md). NHWC: 166 against 209 ms a step (AVX-512 kernels),
+    # 181 against 213 (AVX2). bf16 (cpu_amp) is opt-in: it needs the CPU's own kernels.
     "gfl_cpu_demo": dict(
         depth=18, base_channels=16, in_channels=(16, 32, 64, 128), out_channels=32, num_outs=3,
         strides=(8, 16, 32), octave_base_scale=4, feat_channels=32, stacked_convs=2, norm_num_groups=16,
         frozen_stages=-1, norm_eval=False, pretrained_backbone=False, num_classes=4,
         img_scale=(320, 320), min_size=8, optimizer="adamw", lr=2e-3, base_batch_size=8,
-        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=25, milestones=(23,),
-        batch_size=8, num_workers=0, grad_clip=35.0, cpu_amp=True),
+        weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=12, milestones=(11,),
+        batch_size=8, num_workers=0, grad_clip=35.0, channels_last=True),
 }
 # The model-zoo checkpoints (GFL_SPEC section 1), by 3.x preset name.
 MODEL_ZOO = {
@@ -202,6 +222,17 @@ def validate(cfg: GFLConfig) -> GFLConfig:
         bad(f"one stride per FPN output is needed: {len(cfg.strides)} strides for num_outs={cfg.num_outs}")
     if cfg.reg_max < 1:
         bad(f"reg_max must be >= 1, got {cfg.reg_max}")
+    if cfg.quality not in QUALITIES:
+        bad(f"quality must be one of {', '.join(map(repr, QUALITIES))}, got {cfg.quality!r}")
+    if cfg.box not in BOXES:
+        bad(f"box must be one of {', '.join(map(repr, BOXES))}, got {cfg.box!r}")
+    if cfg.quality == "dgqp" and cfg.box == "dirac":
+        bad("quality 'dgqp' reads the box distribution: it needs box 'integral' or 'dfl', not 'dirac'")
+    if cfg.quality == "dgqp" and not 1 <= cfg.dgqp_topk <= cfg.reg_max + 1:
+        bad(f"dgqp_topk must be in [1, reg_max+1={cfg.reg_max + 1}], got {cfg.dgqp_topk}")
+    if cfg.qfl_beta < 0 or cfg.focal_gamma < 0 or not 0 <= cfg.focal_alpha <= 1:
+        bad(f"qfl_beta and focal_gamma must be >= 0 and focal_alpha in [0, 1], got {cfg.qfl_beta}, "
+            f"{cfg.focal_gamma} and {cfg.focal_alpha}")
     if cfg.out_channels % cfg.norm_num_groups or cfg.feat_channels % cfg.norm_num_groups:
         bad(f"norm_num_groups={cfg.norm_num_groups} must divide out_channels and feat_channels")
     if not 0 <= cfg.score_thr < 1:

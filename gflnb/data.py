@@ -141,6 +141,19 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def check_images(self) -> None:
+        """Raise ``DataError`` for the first image that is missing or has no readable image header.
+
+        A cheap pass (a stat and a header read per file) so that bad data stops a run before any
+        set-up, not in the middle of its first epoch.
+        """
+        import cv2
+        for r in self.records:
+            if not os.path.isfile(r.path):
+                raise DataError(f"image {r.img_id}: image file not found: {r.path}")
+            if not cv2.haveImageReader(r.path):
+                raise DataError(f"image {r.img_id}: cannot decode image (corrupt or not an image): {r.path}")
+
     def aspect_groups(self) -> np.ndarray:
         """1 where an image is wider than high (mmdet groups by ``w < h``)."""
         return np.array([int(r.width >= r.height) for r in self.records], np.int64)

@@ -12,6 +12,18 @@ from .head import GFLHead
 from .neck import FPN
 
 
+def _check_nhwc_safe(model: nn.Module) -> None:
+    """torch 2.14-2.15's CPU backward of an NHWC 1x1 stride-2 conv with under 16 input channels
+    (oneDNN's AVX-512 kernel) corrupts the heap and crashes: refuse such models up front, on every
+    machine, rather than crash on some."""
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                and m.in_channels < 16):
+            raise ValueError(f"channels_last=True: {name} is a 1x1 stride-{m.stride[0]} conv with "
+                             f"{m.in_channels} input channels, whose NHWC backward crashes torch on CPU; "
+                             "use channels_last=False or at least 16 channels")
+
+
 class GFL(nn.Module):
     def __init__(self, cfg: GFLConfig):
         super().__init__()
@@ -24,22 +36,20 @@ class GFL(nn.Module):
         self.neck = FPN(cfg.in_channels, cfg.out_channels, cfg.num_outs, cfg.start_level)
         self.bbox_head = GFLHead(cfg.num_classes, cfg.out_channels, cfg.feat_channels, cfg.stacked_convs,
                                  cfg.reg_max, cfg.strides, cfg.norm_num_groups, cfg.octave_base_scale, cfg.topk,
-                                 cfg.qfl_beta, cfg.loss_cls_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight)
-        self._nhwc = False
+                                 cfg.qfl_beta, cfg.loss_cls_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight,
+                                 quality=cfg.quality, box=cfg.box, loss_quality_weight=cfg.loss_quality_weight,
+                                 focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
+                                 dgqp_topk=cfg.dgqp_topk, dgqp_channels=cfg.dgqp_channels)
+        # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs
+        # are faster on CPU (see cfg.channels_last).
+        self._nhwc = cfg.channels_last
+        if self._nhwc:
+            _check_nhwc_safe(self)
+            self.to(memory_format=torch.channels_last)
 
     def init_weights(self) -> None:
         """Load the backbone's ImageNet weights named by ``cfg.pretrained_backbone`` (if any)."""
         self.backbone.load_pretrained(self.cfg.pretrained_backbone)
-
-    def train(self, mode: bool = True) -> "GFL":
-        """``channels_last`` is used for inference only: in torch 2.15 on CPU the backward of a 1x1
-        stride-2 conv (the ResNet downsample) in NHWC segfaults at small channel counts."""
-        super().train(mode)
-        want = self.cfg.channels_last and not mode
-        if want != self._nhwc:
-            self.to(memory_format=torch.channels_last if want else torch.contiguous_format)
-            self._nhwc = want
-        return self
 
     def extract_feat(self, images: Tensor) -> list[Tensor]:
         if self._nhwc:

@@ -33,8 +33,15 @@ class EvalResult:
 
 @torch.no_grad()
 def predict_dataset(model: nn.Module, ds: CocoDetection, device: torch.device | str = "cpu", batch_size: int = 8,
-                    progress: bool = True) -> list[dict]:
-    """Detections of every image as COCO results: ``{image_id, category_id, bbox [x, y, w, h], score}``."""
+                    progress: bool = True, fast: bool = True) -> list[dict]:
+    """Detections of every image as COCO results: ``{image_id, category_id, bbox [x, y, w, h], score}``.
+
+    ``fast`` runs :func:`gflnb.fuse.inference_model` (BN folded, NHWC on CPU); ``False`` runs the
+    model as built.
+    """
+    if fast:
+        from .fuse import inference_model
+        model = inference_model(model, device)
     model.eval()
     batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
     results = []
@@ -74,8 +81,8 @@ def coco_eval(ds: CocoDetection, results: list[dict]) -> EvalResult:
 
 
 def evaluate_model(model: nn.Module, ds: CocoDetection, device: torch.device | str = "cpu", batch_size: int = 8,
-                   out: Optional[str | os.PathLike] = None, progress: bool = True) -> EvalResult:
-    results = predict_dataset(model, ds, device, batch_size, progress)
+                   out: Optional[str | os.PathLike] = None, progress: bool = True, fast: bool = True) -> EvalResult:
+    results = predict_dataset(model, ds, device, batch_size, progress, fast)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results))

@@ -1,12 +1,16 @@
-"""Inference-time folding of the backbone's BatchNorm into the preceding convolutions.
+"""The inference path: the backbone's BatchNorm folded into its convolutions, NHWC on CPU.
 
 In eval mode a BN is an affine map per channel, so ``conv -> BN`` equals one conv with rescaled
 weights and a bias; folding saves a full memory pass per conv (about 10% of R-50 inference on
 CPU). It works on a copy: the original keeps mmdetection's state-dict keys for checkpoints.
+
+:func:`inference_model` is what ``gflnb evaluate``, :func:`gflnb.evaluate.predict_dataset`, the
+notebooks and the benchmark's ``gflnb`` row run, so the speed reported is the speed users get.
 """
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import nn
@@ -41,3 +45,17 @@ def fuse_for_inference(model: GFL) -> GFL:
     if fused._nhwc:
         fused.to(memory_format=torch.channels_last)
     return fused
+
+
+def inference_model(model: GFL, device: Optional[torch.device | str] = None) -> GFL:
+    """The fast eval-mode copy of ``model``: BatchNorm folded, and NHWC on CPU, where oneDNN's NHWC
+    convolutions measured faster (R-50 at 800x1333: 1.18 s against 1.88 s NCHW unfolded).
+
+    Outputs equal ``model.predict``'s to fp32 rounding (tests/test_detector.py).
+    """
+    fused = fuse_for_inference(model)
+    dev = torch.device(device) if device is not None else next(fused.parameters()).device
+    if dev.type == "cpu" and not fused._nhwc:
+        fused._nhwc = True
+        fused.to(memory_format=torch.channels_last)
+    return fused.to(dev)

@@ -1,7 +1,17 @@
 """GFLHead: QFL joint class-quality scores and DFL box distributions (mmdetection 3.3 semantics).
 
+The paper's ablated variants are two components the head composes: a quality representation
+(``quality``: gflnb/quality.py) and a box representation (``box``: gflnb/boxcoder.py). The
+defaults (``qfl``, ``dfl``) are GFL, operation for operation.
+
 Shapes: B images, C classes, R = reg_max, A anchors of all levels concatenated (P3 first,
-row-major within a level), one anchor per location.
+row-major within a level), one anchor per location. Per level, ``bbox_preds`` holds the box
+coder's channels (``4(R+1)`` distribution logits, or 4 distances for ``dirac``) followed by the
+quality branch's (1 logit for ``centerness``/``iou``, none otherwise).
+
+Loss dict: always ``loss_cls``, ``loss_bbox``, ``loss_dfl`` (an exact zero that stays in the
+graph for ``box`` 'integral'/'dirac', so logs and plots keep one schema), plus ``loss_quality``
+for a separate centerness/IoU branch.
 """
 from __future__ import annotations
 
@@ -14,10 +24,13 @@ from torch import Tensor, nn
 
 from . import dist
 from .assigner import atss_assign
-from .boxes import (aligned_iou, anchor_centers, batched_nms, bbox2distance, distance2bbox, grid_anchors,
-                    integral, scale_boxes, valid_flags)
+from .boxcoder import build_box_coder
+from .boxes import (aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, integral, scale_boxes,
+                    valid_flags)
+from .config import ConfigError
 from .layers import ConvModule, Scale
-from .losses import AVG_EPS, _QualityFocal, distribution_focal_loss, giou_loss, qfl_soft_target
+from .losses import AVG_EPS, giou_loss
+from .quality import Positives, build_quality
 
 # Prior probability of the classification bias init (RetinaNet's pi = 0.01).
 PRIOR_PROB = 0.01
@@ -59,16 +72,27 @@ def _meta(meta: Mapping[str, Any], key: str, i: int) -> Any:
 
 
 class GFLHead(nn.Module):
-    """Two GN towers, a joint class-quality conv and a distribution conv, shared by all levels."""
+    """Two GN towers, a joint class-quality conv and a distribution conv, shared by all levels.
+
+    ``quality`` and ``box`` pick the paper's ablated variants (``GFLConfig`` documents them); a
+    separate quality branch adds ``quality.*`` keys, ``box='dirac'`` makes ``gfl_reg`` 4 channels
+    wide and drops ``integral.project``. The defaults leave mmdetection's keys and numbers as they are.
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 256, feat_channels: int = 256, stacked_convs: int = 4,
                  reg_max: int = 16, strides: Sequence[int] = (8, 16, 32, 64, 128), norm_num_groups: int = 32,
                  octave_base_scale: int = 8, topk: int = 9, qfl_beta: float = 2.0, loss_cls_weight: float = 1.0,
-                 loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25):
+                 loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25, *, quality: str = "qfl",
+                 box: str = "dfl", loss_quality_weight: float = 1.0, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0, dgqp_topk: int = 4, dgqp_channels: int = 64):
         super().__init__()
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
         self.octave_base_scale, self.topk, self.qfl_beta = octave_base_scale, topk, qfl_beta
         self.loss_weights = (loss_cls_weight, loss_bbox_weight, loss_dfl_weight)
+        self.box_coder = build_box_coder(box, reg_max)  # a plain object: no state-dict keys
+        if quality == "dgqp" and not self.box_coder.has_distribution:
+            raise ConfigError(f"quality 'dgqp' reads the box distribution: it needs box 'integral' or 'dfl', "
+                              f"not {box!r}")
         self.cls_convs = nn.ModuleList()
         self.reg_convs = nn.ModuleList()
         for i in range(stacked_convs):
@@ -76,9 +100,17 @@ class GFLHead(nn.Module):
             self.cls_convs.append(ConvModule(chn, feat_channels, 3, padding=1, num_groups=norm_num_groups, act=True))
             self.reg_convs.append(ConvModule(chn, feat_channels, 3, padding=1, num_groups=norm_num_groups, act=True))
         self.gfl_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
-        self.gfl_reg = nn.Conv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.gfl_reg = nn.Conv2d(feat_channels, self.box_coder.channels, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
-        self.integral = Integral(reg_max)
+        # mmdet's persistent buffer, kept only where there is a distribution to integrate
+        self.integral = Integral(reg_max) if self.box_coder.has_distribution else None
+        # registered last, so the default (parameter-free) component changes no key and no init draw
+        self.quality = build_quality(quality, feat_channels=feat_channels, reg_max=reg_max,
+                                     loss_cls_weight=loss_cls_weight, qfl_beta=qfl_beta, focal_alpha=focal_alpha,
+                                     focal_gamma=focal_gamma, loss_quality_weight=loss_quality_weight,
+                                     dgqp_topk=dgqp_topk, dgqp_channels=dgqp_channels)
+        self.box_channels = self.box_coder.channels
+        self.reg_channels = self.box_channels + self.quality.extra_channels  # per anchor in bbox_preds
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -94,7 +126,11 @@ class GFLHead(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Per level: ``cls [B, C, H, W]`` logits, ``reg [B, 4(R+1), H, W]`` scaled distribution logits."""
+        """Per level: ``cls [B, C, H, W]`` logits, ``reg [B, 4(R+1), H, W]`` scaled distribution logits.
+
+        (Variants: ``reg`` is ``[B, box channels + quality channels, H, W]``, the quality logit
+        unscaled, as ATSSHead leaves its centerness.)
+        """
         if len(feats) != len(self.strides):
             raise ValueError(f"GFLHead has {len(self.strides)} levels but got {len(feats)} feature maps")
         cls_scores, bbox_preds = [], []
@@ -105,7 +141,9 @@ class GFLHead(nn.Module):
             for conv in self.reg_convs:
                 r = conv(r)
             cls_scores.append(self.gfl_cls(c))
-            bbox_preds.append(scale(self.gfl_reg(r)).float())
+            box = scale(self.gfl_reg(r)).float()
+            extra = self.quality.branch(r)  # [B, E, H, W] or None
+            bbox_preds.append(box if extra is None else torch.cat([box, extra.float()], dim=1))
         return cls_scores, bbox_preds
 
     # ------------------------------------------------------------------ anchors and targets
@@ -144,12 +182,13 @@ class GFLHead(nn.Module):
     def _flatten(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         B = cls_scores[0].shape[0]
         cls = torch.cat([c.permute(0, 2, 3, 1).reshape(B, -1, self.num_classes) for c in cls_scores], 1)
-        reg = torch.cat([r.permute(0, 2, 3, 1).reshape(B, -1, 4 * (self.reg_max + 1)) for r in bbox_preds], 1)
-        return cls, reg  # [B, A, C], [B, A, 4(R+1)]
+        reg = torch.cat([r.permute(0, 2, 3, 1).reshape(B, -1, self.reg_channels) for r in bbox_preds], 1)
+        return cls, reg  # [B, A, C], [B, A, box + quality channels]
 
     def loss(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
              targets: Sequence[Mapping[str, Tensor]], metas: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
-        """``dict(loss_cls, loss_bbox, loss_dfl)``, each the sum over levels of mmdet's values."""
+        """``dict(loss_cls, loss_bbox, loss_dfl)``, each the sum over levels of mmdet's values
+        (plus ``loss_quality`` for a separate quality branch)."""
         if len(targets) != cls_scores[0].shape[0] or len(metas) != cls_scores[0].shape[0]:
             raise ValueError(f"loss: {cls_scores[0].shape[0]} images but {len(targets)} targets and "
                              f"{len(metas)} metas")
@@ -159,6 +198,7 @@ class GFLHead(nn.Module):
         cls, reg = self._flatten(cls_scores, bbox_preds)
         B, A, C = cls.shape
         cls, reg = cls.float().reshape(B * A, C), reg.float().reshape(B * A, -1)
+        box_reg, extra = reg[:, :self.box_channels], reg[:, self.box_channels:]  # [BA, box], [BA, E]
         labels, label_weights = tg.labels.reshape(-1), tg.label_weights.reshape(-1)
 
         anchors = tg.anchors
@@ -166,35 +206,77 @@ class GFLHead(nn.Module):
         avg_factor = dist.reduce_mean(torch.tensor(tg.num_pos_avg_factor, device=device)).item()
 
         pos = ((labels >= 0) & (labels < C)).nonzero().view(-1)
-        score = label_weights.new_zeros(B * A)
-        w_cls, w_bbox, w_dfl = self.loss_weights
+        _, w_bbox, w_dfl = self.loss_weights
+        positives: Optional[Positives] = None
         if pos.numel() > 0:
             a_idx = pos % A
             stride = strides[a_idx][:, None]
-            ctr = anchor_centers(anchors[a_idx]) / stride  # [P, 2] stride units
-            pos_reg = reg[pos]  # [P, 4(R+1)]
-            weight = cls[pos].detach().sigmoid().max(dim=1)[0]  # [P], max over all classes
-            pred_box = distance2bbox(ctr, integral(pos_reg, self.reg_max))
-            gt_box = tg.bbox_targets.reshape(-1, 4)[pos] / stride
-            score[pos] = aligned_iou(pred_box.detach(), gt_box)
+            points = anchor_centers(anchors[a_idx])  # [P, 2] pixels
+            ctr = points / stride  # [P, 2] stride units
+            pos_reg = box_reg[pos]  # [P, box channels]
+            gt_px = tg.bbox_targets.reshape(-1, 4)[pos]  # [P, 4] pixels
+            gt_box = gt_px / stride
+            pred_box = distance2bbox(ctr, self.box_coder.decode(pos_reg))  # [P, 4] stride units
+            positives = Positives(index=pos, cls=cls[pos], reg=pos_reg, extra=extra[pos], points=points,
+                                  gt_boxes=gt_px, iou=aligned_iou(pred_box.detach(), gt_box))
+            weight = self.quality.box_weight(positives)  # [P], detached
             loss_bbox = w_bbox * (giou_loss(pred_box, gt_box) * weight).sum() / (1.0 + AVG_EPS)
-            dfl_target = bbox2distance(ctr, gt_box, self.reg_max, eps=0.1).reshape(-1)
-            dfl = distribution_focal_loss(pos_reg.reshape(-1, self.reg_max + 1), dfl_target)
-            loss_dfl = w_dfl * (dfl * weight.repeat_interleave(4)).sum() / (4.0 + AVG_EPS)
+            loss_dfl = self.box_coder.dfl_loss(pos_reg, ctr, gt_box, weight, w_dfl)
             weight_sum = weight.sum()
         else:
-            loss_bbox = reg.sum() * 0
-            loss_dfl = reg.sum() * 0
+            loss_bbox = box_reg.sum() * 0
+            loss_dfl = box_reg.sum() * 0
             weight_sum = reg.new_tensor(0.0)
 
-        target = qfl_soft_target(cls, labels, score)
-        qfl = _QualityFocal.apply(cls, target, float(self.qfl_beta)).sum(dim=1)
-        loss_cls = w_cls * (qfl * label_weights).sum() / (avg_factor + AVG_EPS)
-
+        cls_losses = self.quality.loss(cls, box_reg, extra, labels, label_weights, positives, avg_factor)
         norm = dist.reduce_mean(weight_sum.detach()).clamp(min=1).item()
-        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox / norm, loss_dfl=loss_dfl / norm)
+        out = dict(loss_cls=cls_losses.pop("loss_cls"), loss_bbox=loss_bbox / norm, loss_dfl=loss_dfl / norm)
+        out.update(cls_losses)  # loss_quality of a separate branch
+        return out
 
     # ------------------------------------------------------------------ inference
+    def _image_levels(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
+                      metas: Sequence[Mapping[str, Any]]):
+        """Per image ``(img_shape, levels)``; each level ``(cls [HW, C], box [HW, box channels],
+        extra [HW, E], anchors [HW, 4], stride)``: what predict and anchor_scores both walk."""
+        featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+        level_anchors = self.anchors(featmap_sizes, cls_scores[0].device)
+        for i, meta in enumerate(metas):
+            levels = []
+            for cls, reg, anchors, s in zip(cls_scores, bbox_preds, level_anchors, self.strides):
+                cls_l = cls[i].permute(1, 2, 0).reshape(-1, self.num_classes)  # [HW, C]
+                reg_l = reg[i].permute(1, 2, 0).reshape(-1, self.reg_channels)  # [HW, box + E]
+                levels.append((cls_l, reg_l[:, :self.box_channels], reg_l[:, self.box_channels:], anchors, s))
+            yield _meta(meta, "img_shape", i), levels
+
+    @torch.no_grad()
+    def anchor_scores(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
+                      metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Every anchor of every level, before score_thr, nms_pre and NMS (the paper's Fig. 2).
+
+        Per image ``dict(boxes [A, 4], points [A, 2], level [A], cls [A], score [A])`` and
+        ``quality [A]`` where the quality component has a factor (``Quality.anchor_scores``):
+        boxes decoded and clamped to ``img_shape`` as ``predict`` does, in the resized image's
+        pixels; ``score`` is the max over classes of the score ``predict`` ranks by in NMS.
+        """
+        device = cls_scores[0].device
+        out = []
+        for img_shape, levels in self._image_levels(cls_scores, bbox_preds, metas):
+            parts: dict[str, list[Tensor]] = {k: [] for k in ("boxes", "points", "level", "cls", "quality", "score")}
+            for lvl, (cls_l, box_l, extra_l, anchors, s) in enumerate(levels):
+                cls_l = cls_l.float()
+                c, q, f = self.quality.anchor_scores(cls_l, box_l, extra_l)  # [HW], [HW] or None, [HW]
+                points = anchor_centers(anchors)  # [HW, 2]
+                parts["boxes"].append(distance2bbox(points, self.box_coder.decode(box_l) * s, max_shape=img_shape))
+                parts["points"].append(points)
+                parts["level"].append(torch.full((points.shape[0],), lvl, dtype=torch.long, device=device))
+                parts["cls"].append(c)
+                parts["score"].append(f)
+                if q is not None:
+                    parts["quality"].append(q)
+            out.append({k: torch.cat(v) for k, v in parts.items() if v})
+        return out
+
     @torch.no_grad()
     def predict(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], metas: Sequence[Mapping[str, Any]],
                 rescale: bool = False, score_thr: float = 0.05, nms_pre: int = 1000, iou_threshold: float = 0.6,
@@ -207,29 +289,33 @@ class GFLHead(nn.Module):
         optional rescale to the original image, the w>min and h>min filter, class-aware NMS and
         the first ``max_per_img``. ``with_dist=True`` adds ``dists [K, 4, R+1]``: each detection's
         per-side bin probabilities (left, top, right, bottom), and ``strides [K]``.
+
+        The score is the quality component's: the joint score (``qfl``, ``dgqp``: sigmoid(cls) x
+        DGQP), the class score (``none``), or, for a separate branch, the class score for the
+        threshold and nms_pre, multiplied by sigmoid(quality) before NMS (mmdet 3.x score_factors).
         """
-        featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+        if with_dist and not self.box_coder.has_distribution:
+            raise ValueError(f"with_dist=True needs a box distribution; box {self.box_coder.name!r} has none")
         device = cls_scores[0].device
-        level_anchors = self.anchors(featmap_sizes, device)
         results = []
-        for i, meta in enumerate(metas):
-            img_shape = _meta(meta, "img_shape", i)
+        for i, (img_shape, levels) in enumerate(self._image_levels(cls_scores, bbox_preds, metas)):
+            meta = metas[i]
             boxes_l, scores_l, labels_l, dists_l, strides_l = [], [], [], [], []
-            for cls, reg, anchors, s in zip(cls_scores, bbox_preds, level_anchors, self.strides):
-                scores = cls[i].permute(1, 2, 0).reshape(-1, self.num_classes).sigmoid()  # [HW, C]
+            for cls_l, box_l, extra_l, anchors, s in levels:
+                scores, factor = self.quality.scores(cls_l, box_l, extra_l)  # [HW, C], [HW] or None
                 keep = scores > score_thr
                 cand = scores[keep]
                 pairs = keep.nonzero()  # [K, 2]: (anchor, class)
                 cand, order = cand.sort(descending=True)
                 n = min(nms_pre, cand.numel())
                 a_idx, labels = pairs[order[:n]].unbind(dim=1)
-                logits = reg[i].permute(1, 2, 0).reshape(-1, 4 * (self.reg_max + 1))[a_idx]
-                dists = integral(logits, self.reg_max) * s
+                logits = box_l[a_idx]
+                dists = self.box_coder.decode(logits) * s
                 boxes_l.append(distance2bbox(anchor_centers(anchors[a_idx]), dists, max_shape=img_shape))
-                scores_l.append(cand[:n])
+                scores_l.append(cand[:n] if factor is None else cand[:n] * factor[a_idx])
                 labels_l.append(labels)
                 if with_dist:
-                    dists_l.append(logits.reshape(-1, 4, self.reg_max + 1).softmax(-1))
+                    dists_l.append(self.box_coder.distribution(logits))
                     strides_l.append(torch.full((n,), s, device=device))
             boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
             extra = dict(dists=torch.cat(dists_l), strides=torch.cat(strides_l)) if with_dist else {}

@@ -1,4 +1,5 @@
-"""Quality Focal Loss, Distribution Focal Loss and the GIoU loss (GFL, Li et al. 2020).
+"""Quality Focal Loss, Distribution Focal Loss and the GIoU loss (GFL, Li et al. 2020), plus the
+focal loss and QFL-on-probabilities that the paper's ablated variants use.
 
 Per-sample functions return unreduced losses that stay in the autograd graph; ``reduce_loss``
 applies mmdetection's weight / avg_factor reduction (``sum(loss * weight) / (avg_factor + eps)``
@@ -49,8 +50,12 @@ class _QualityFocal(torch.autograd.Function):
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         if beta == 2.0:  # the paper's setting: |d|^2 and 2|d|sign(d) = 2d, no pow needed
             grad = d * d * d + bce * 2.0 * d * p * (1 - p)
+        elif beta == 0.0:  # plain BCE on the soft target (Table 1c's beta=0); the modulator is constant
+            grad = d
         else:
-            grad = d * ad.pow(beta) + bce * beta * ad.pow(beta - 1) * torch.sign(d) * p * (1 - p)
+            # |d|^(beta-1) is infinite at d = 0 for beta < 1, where sign(d) = 0: the term is 0 there.
+            mod = torch.where(ad > 0, ad.pow(beta - 1) * torch.sign(d), torch.zeros_like(d))
+            grad = d * ad.pow(beta) + bce * beta * mod * p * (1 - p)
         return grad * grad_out, None, None
 
 
@@ -82,6 +87,43 @@ def quality_focal_loss_autograd(logits: Tensor, labels: Tensor, scores: Tensor, 
     p = logits.sigmoid()
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (bce * (target - p).abs().pow(beta)).sum(dim=1)
+
+
+def quality_focal_loss_prob(probs: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
+    """QFL on probabilities (mmdet's ``activated=True``), for scores that are a product (GFLv2's DGQP).
+
+    ``probs [N, C]`` in [0, 1]; ``labels``/``scores`` as :func:`quality_focal_loss`. The BCE is
+    torch's (log clamped at -100), run outside autocast because it refuses reduced precision.
+    -> ``[N]``.
+    """
+    if probs.dim() != 2:
+        raise ValueError(f"quality_focal_loss_prob: probs must be [N, C], got {tuple(probs.shape)}")
+    # reduced precision is widened; float32/float64 are kept as they are
+    p = probs.float() if probs.dtype in (torch.float16, torch.bfloat16) else probs
+    target = qfl_soft_target(p, labels, scores)
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        bce = F.binary_cross_entropy(p, target, reduction="none")
+        return (bce * (p - target).abs().pow(beta)).sum(dim=1)
+
+
+def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """RetinaNet's focal loss on one-hot targets, per sample summed over classes (mmdet's form).
+
+    ``logits [N, C]``, ``labels [N]`` with ``C`` meaning negative (an all-zero target row).
+    ``BCE(x, t) * (alpha t + (1-alpha)(1-t)) * pt^gamma`` with ``pt = 1 - p`` for t=1 and ``p``
+    for t=0. -> ``[N]``.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"sigmoid_focal_loss: logits must be [N, C], got {tuple(logits.shape)}")
+    num_classes = logits.shape[1]
+    target = torch.zeros_like(logits)
+    pos = ((labels >= 0) & (labels < num_classes)).nonzero().view(-1)
+    target[pos, labels[pos]] = 1.0
+    p = logits.sigmoid()
+    pt = (1 - p) * target + p * (1 - target)
+    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * focal_weight).sum(dim=1)
 
 
 def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from .config import GFLConfig, from_dict
 from .data import CocoDetection, epoch_batches, make_loader
 from .detector import GFL
 from .ema import make_ema
+from .machine import machine_info
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,7 +76,11 @@ def lr_at(cfg: GFLConfig, base_lr: float, epoch: int, global_iter: int, budget_f
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 dot products natively (without them bf16 is emulated, and slow)."""
+    """Whether torch's CPU kernels compute bf16 dot products natively here (without them bf16 is
+    emulated, and slow): the CPU must have them, and the kernels must not be capped below AVX-512
+    (gflnb's portable default caps them at AVX2: gflnb/portable.py)."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
     cpu = getattr(torch, "cpu", None)
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, p, lambda: False)()) for p in probes)
@@ -106,7 +111,11 @@ class JsonlLog:
     """Append-only JSON lines, each written with one ``write`` call and flushed."""
 
     def __init__(self, path: Path, keep_until_iter: Optional[int] = None):
+        """``keep_until_iter``: a resumed run keeps the lines up to its checkpoint; ``None``: a new run,
+        which starts a new log rather than append to an earlier run's."""
         self.path = path
+        if keep_until_iter is None and path.exists():
+            path.unlink()
         if keep_until_iter is not None and path.exists():  # drop what a killed run logged past its checkpoint
             keep = []
             for ln in path.read_text().splitlines():
@@ -163,10 +172,19 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     if opts.deterministic:
         torch.use_deterministic_algorithms(True)
 
+    # Every input is checked before any set-up (and its warnings): bad data is one clear error.
     train_ds = CocoDetection(opts.train_ann, opts.train_images, cfg, train=True)
     if train_ds.num_classes != cfg.num_classes:
         raise ValueError(f"config has num_classes={cfg.num_classes} but {opts.train_ann} has "
                          f"{train_ds.num_classes} categories")
+    train_ds.check_images()
+    val_ds = None
+    if main and opts.val_ann and opts.val_images:
+        val_ds = CocoDetection(opts.val_ann, opts.val_images, cfg, train=False)
+        val_ds.check_images()
+    if opts.max_minutes is not None and main:
+        warnings.warn(f"max_minutes={opts.max_minutes}: a wall-clock budget, so the result depends on this "
+                      "machine's speed; budget in epochs or max_iters for one that reproduces everywhere")
     model = GFL(cfg)
     latest = work / "latest.pth"
     state = dict(epoch=0, iter_in_epoch=0, global_iter=0, bad_batches=0, train_seconds=0.0)
@@ -198,7 +216,8 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
         if cpu_has_native_bf16():
             amp_dtype = torch.bfloat16
         elif main:
-            warnings.warn("cpu_amp: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
+            warnings.warn("cpu_amp: no native bf16 here (the CPU lacks AVX512-BF16/AMX, or the kernels are capped "
+                          "at AVX2: GFLNB_NATIVE_ISA=1 lifts gflnb's cap); training in fp32")
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -306,10 +325,11 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     train_minutes = (time.perf_counter() - t_start) / 60
     metrics: dict[str, Any] = dict(stop_reason=stop_reason, train_minutes=round(train_minutes, 3),
                                    iterations=state["global_iter"], epoch=state["epoch"],
-                                   iter_in_epoch=state["iter_in_epoch"], checkpoint=str(latest))
-    if main and opts.val_ann and opts.val_images:
+                                   iter_in_epoch=state["iter_in_epoch"], checkpoint=str(latest),
+                                   machine=machine_info(), budget="wall-clock (machine-dependent)"
+                                   if opts.max_minutes is not None else "iterations")
+    if val_ds is not None:
         from .evaluate import evaluate_model, format_table
-        val_ds = CocoDetection(opts.val_ann, opts.val_images, cfg, train=False)
         res = evaluate_model(ema.module if ema is not None else model, val_ds, device, opts.eval_batch_size,
                              work / "val_results.json", opts.progress)
         metrics.update(res.to_dict())

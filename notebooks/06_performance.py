@@ -27,12 +27,14 @@
 
 # %% tags=["parameters"]
 results_json = "../benchmarks/results/results.json"  # a full run of benchmarks/run.py; run quick here when missing
+native_json = "../benchmarks/results/native/results.json"  # the same suite with GFLNB_NATIVE_ISA=1 (optional)
 quick = True  # when results_json is missing: the smoke version (512x512, few rounds)
 
 # %% tags=["hide-input"]
 from gflnb import nbtools as nb
 
 nb.check("results_json", results_json, str)
+nb.check("native_json", native_json, str)
 nb.check("quick", quick, bool)
 
 import json
@@ -54,7 +56,7 @@ if path.exists():
 else:
     res = run_suite(quick=quick, progress=lambda m: None)
     source = "measured just now (quick suite)" if quick else "measured just now"
-print(f"{source}: torch {res['torch']}, {res['threads']} threads, attained rate {res['conv_gflops']:.0f} GFLOP/s")
+print(f"{source}: {res['machine']}; attained rate {res['conv_gflops']:.0f} GFLOP/s")
 
 # %% [markdown]
 # ## Inference against the peers and the floor
@@ -97,6 +99,33 @@ loss_rows = [dict(size=s, loss=k, seconds=v["median_s"]) for s, r in res["losses
 fig, ax = plt.subplots(figsize=(9, 3.6))
 pd.DataFrame(loss_rows).pivot(index="loss", columns="size", values="seconds").plot.bar(ax=ax, rot=0)
 ax.set(ylabel="seconds (forward + backward)", title="losses at 22,400 anchors x 80 classes per image")
+
+# %% [markdown]
+# ## The same suite with the CPU's own kernels
+#
+# By default gflnb caps torch's CPU kernels at AVX2 on every machine, so that training gives the
+# same numbers everywhere (`gflnb/portable.py`). `GFLNB_NATIVE_ISA=1` lifts the cap; on a CPU with
+# AVX-512 that is what the second run below measured. Each run's ratios come from its own interleaved
+# rounds; the two runs' seconds are from different processes, minutes apart.
+
+# %%
+native_path = Path(native_json)
+if native_path.exists():
+    nat = json.loads(native_path.read_text())
+    print(f"portable: {res['machine']}\nnative:   {nat['machine']}")
+    cmp_rows = []
+    for shape, models in res["inference"].items():
+        for name in ("gflnb", "torchvision fcos"):
+            if name in models and name in nat["inference"].get(shape, {}):
+                a, b = models[name]["median_s"], nat["inference"][shape][name]["median_s"]
+                cmp_rows.append(dict(what=f"inference {shape}: {name}", portable_s=a, native_s=b, native_over_portable=b / a))
+    for name in ("gflnb", "torchvision fcos"):
+        if name in res["train_step"] and name in nat["train_step"]:
+            a, b = res["train_step"][name]["median_s"], nat["train_step"][name]["median_s"]
+            cmp_rows.append(dict(what=f"training step: {name}", portable_s=a, native_s=b, native_over_portable=b / a))
+    display(pd.DataFrame(cmp_rows).round(3))
+else:
+    print(f"no {native_json}: run GFLNB_NATIVE_ISA=1 .venv/bin/python benchmarks/run.py --out benchmarks/results/native")
 
 # %% [markdown]
 # ## The full table

@@ -253,7 +253,7 @@ def test_pretrained_weights_unavailable_is_one_clear_error(tmp_path):
     assert not m.backbone.layer1[0].conv1.weight.requires_grad
 
 
-def test_channels_last_is_inference_only_and_matches(r18):
+def test_channels_last_trains_and_infers_in_nhwc_and_matches(r18):
     m = build_model("gfl_r18_fpn_1x_coco", channels_last=True)
     load_checkpoint(m, {"state_dict": r18.state_dict()})
     m.eval()
@@ -264,8 +264,53 @@ def test_channels_last_is_inference_only_and_matches(r18):
         b, _ = r18(x)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
-    m.train()  # NHWC training crashes torch 2.15 on CPU (1x1 stride-2 conv backward): back to NCHW
-    assert m.backbone.conv1.weight.is_contiguous()
+    m.train()
+    assert m.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_nhwc_training_step_equals_nchw():
+    torch.manual_seed(0)
+    cfg = dict(num_classes=3, pretrained_backbone=False)
+    nchw = build_model("gfl_cpu_demo", channels_last=False, **cfg).train()
+    nhwc = build_model("gfl_cpu_demo", channels_last=True, **cfg).train()
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.randn(2, 3, 128, 160)
+    tg = [dict(boxes=torch.tensor([[10., 12., 60., 70.]]), labels=torch.tensor([1]))] * 2
+    metas = [dict(img_shape=(128, 160), pad_shape=(128, 160), scale_factor=(1.0, 1.0))] * 2
+    la, lb = nchw.loss(x, tg, metas), nhwc.loss(x, tg, metas)
+    sum(la.values()).backward()
+    sum(lb.values()).backward()
+    for k in la:
+        torch.testing.assert_close(la[k], lb[k], rtol=1e-4, atol=1e-5)
+    for (n, p), q in zip(nchw.named_parameters(), nhwc.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_nhwc_is_refused_where_torch_would_crash():
+    with pytest.raises(ValueError, match="1x1 stride-2 conv with 8 input channels"):
+        build_model("gfl_cpu_demo", base_channels=8, in_channels=(8, 16, 32, 64), channels_last=True)
+
+
+def _matches_reference_run(model):
+    """The reference's R-18 outputs and predictions (H250xW370 padded to 256x384) to fp32 rounding."""
+    x = INPUTS["inputs"]["H250xW370_pad256x384"]
+    run = IO["runs"][1]
+    with torch.no_grad():
+        cls, reg = model(x)
+        preds = model.predict(x, [run["img_meta"]])[0]
+    for a, b in zip(cls, run["cls_scores"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(reg, run["bbox_preds"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    match_as_sets(preds, run["predict_rescale_true"])
+
+
+def test_inference_path_matches_the_reference(r18):
+    from gflnb.fuse import inference_model
+    fast = inference_model(r18, "cpu")
+    assert fast._nhwc and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())
+    assert not r18._nhwc and r18.backbone.conv1.weight.is_contiguous()  # the original is untouched
+    _matches_reference_run(fast)
 
 
 def test_bn_folding_matches_and_leaves_the_original(r18):
@@ -273,16 +318,7 @@ def test_bn_folding_matches_and_leaves_the_original(r18):
     fused = fuse_for_inference(r18)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbone.modules())
     assert "backbone.bn1.weight" in r18.state_dict()  # the original keeps mmdet's keys
-    x = INPUTS["inputs"]["H250xW370_pad256x384"]
-    run = IO["runs"][1]
-    with torch.no_grad():
-        cls, reg = fused(x)
-        preds = fused.predict(x, [run["img_meta"]])[0]
-    for a, b in zip(cls, run["cls_scores"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    for a, b in zip(reg, run["bbox_preds"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    match_as_sets(preds, run["predict_rescale_true"])
+    _matches_reference_run(fused)
     dcn = build_model("gfl_r50_fpn_1x_coco", stage_with_dcn=(False, True, True, True)).eval()
     fd = fuse_for_inference(dcn)
     x = torch.randn(1, 3, 64, 64)

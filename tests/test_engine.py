@@ -185,5 +185,24 @@ def test_cpu_amp_trains_in_bf16_where_native_and_warns_elsewhere(tiny, tmp_path,
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
     capsys.readouterr()
     assert _train(tiny, tmp_path / "b", "--max-iters", "2", "--set", "cpu_amp=True") == 0
-    assert "gflnb: warning: cpu_amp: this CPU has no native bf16" in capsys.readouterr().err
+    assert "gflnb: warning: cpu_amp: no native bf16 here" in capsys.readouterr().err
     assert seen and not any(enabled for _, enabled in seen)
+
+
+def test_a_new_run_starts_a_new_log_and_records_its_budget_kind(tiny, tmp_path):
+    work = tmp_path / "run"
+    assert _train(tiny, work, "--max-iters", "3") == 0
+    assert _train(tiny, work, "--max-iters", "2") == 0  # not --resume: the first run's lines are gone
+    assert [r["iter"] for r in _log(work)] == [1, 2]
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["budget"] == "iterations" and m["machine"]["torch"] == torch.__version__ and m["machine"]["isa"]
+
+
+def test_benchmark_times_the_evaluate_path_and_names_the_machine(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["benchmark", "--config", "gfl_cpu_demo", "--shape", "64", "96", "--runs", "2", "--warmup", "1",
+                 "--json", str(out)]) == 0
+    line = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["path"] == "evaluate" and r["median_s"] > 0 and r["padded"] == [64, 96]
+    assert f"evaluate path, on {r['cpu']}, {r['isa']} kernels" in line and f"torch {torch.__version__}" in line

@@ -81,7 +81,7 @@ def test_bad_parameter_stops_with_a_readable_message(tmp_path):
     import papermill
     with pytest.raises(papermill.PapermillExecutionError) as e:
         execute(NB / "03_training.py", tmp_path / "bad.ipynb", dict(max_minutes=-1.0), cwd=NB)
-    assert "parameter max_minutes = -1.0: must be a positive number of minutes" in str(e.value)
+    assert "parameter max_minutes = -1.0: must be 0 (no time budget) or a positive number of minutes" in str(e.value)
     with pytest.raises(papermill.PapermillExecutionError, match="expected a number"):
         execute(NB / "02_distribution_focal_loss.py", tmp_path / "bad2.ipynb", dict(target="far"), cwd=NB)
 

@@ -149,6 +149,26 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, name):
     print(f"BAD_INPUT | {name} | {lines[0]}")
 
 
+@pytest.mark.parametrize("damage, expected", [("missing", "image 1: image file not found"),
+                                               ("corrupt", "image 1: cannot decode image")])
+def test_bad_images_are_rejected_before_any_setup_warning(tmp_path, capsys, monkeypatch, damage, expected):
+    """On every CPU: set-up that would warn (cpu_amp where bf16 is not native, a wall-clock budget)
+    comes after the data checks, so bad data is the one line printed."""
+    import gflnb.train as T
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    ann, d = _coco(tmp_path, IMG, [BOX])
+    if damage == "missing":
+        (d / "a.png").unlink()
+    else:
+        (d / "a.png").write_bytes(b"\x89PNG garbage")
+    code = _train_cli(ann, d, tmp_path / "w", "--set", "cpu_amp=True", "--max-minutes", "1")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert [ln for ln in err.splitlines() if ln.startswith("gflnb:")] == [ln for ln in err.splitlines()
+                                                                        if ln.startswith("gflnb: error:")]
+    assert len(err.strip().splitlines()) == 1 and expected in err, err
+
+
 def test_clipped_boxes_are_counted(tmp_path):
     ann, d = _coco(tmp_path, IMG, [dict(BOX, bbox=[50, 50, 30, 30])])
     from gflnb.data import CocoDetection

@@ -1,0 +1,301 @@
+"""Parameterized experiments: one papermill-executed notebook per (variant, seed), one table row each.
+
+    gflnb sweep experiments/ablations/grid.yaml [--jobs N] [--only VARIANT ...] [--seeds 0 1]
+
+A grid file names the notebook, the parameters every point shares, the variants (config overrides)
+and the seeds. Every point runs as a shell command of its own, the one its table row records, so a
+row is reproduced by running its ``command`` from the repository root. The command pins the torch
+thread count, since the thread count changes how sums are split and so the trained model.
+
+Under ``out`` (the grid's folder by default):
+  results.csv        one row per point, in grid order (AP in %; no timings, so a resumed sweep's
+                     table equals an uninterrupted one's)
+  records/ID.json    the point's small record: parameters, metrics, status, command, wall time,
+                     machine, and for quality variants the background-anchor summary of the
+                     paper's Fig. 2 (chapter 7), added from the checkpoint after the runs
+  runs/ID/           checkpoints, log.jsonl, metrics.json (git-ignored)
+  notebooks/ID.ipynb the executed notebook, the experiment's full record (git-ignored)
+
+A point whose record says ``ok`` with the same command is skipped, so a killed sweep resumes; a
+failed point is recorded with its error and the sweep goes on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "status", "error", "iterations",
+           "command", "metrics_path", "record_path")
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Variants whose records carry the background-anchor summary of the paper's Fig. 2 (chapter 7)
+BACKGROUND_VARIANTS = ("gfl", "iou", "centerness", "dgqp")
+
+
+class GridError(ValueError):
+    """A grid file that cannot describe a sweep."""
+
+
+@dataclass(frozen=True)
+class Point:
+    variant: str
+    seed: int
+    overrides: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant}__s{self.seed}"
+
+
+@dataclass
+class Grid:
+    path: Path
+    notebook: Path  # absolute
+    out: Path  # absolute
+    parameters: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    seeds: list[int]
+    threads: int = 1
+    jobs: int = 2
+    background_images: int = 50
+    points: list[Point] = field(default_factory=list)
+
+    def select(self, only: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None) -> list[Point]:
+        unknown = sorted(set(only or ()) - set(self.variants))
+        if unknown:
+            raise GridError(f"{self.path}: no variant {', '.join(unknown)} (it has {', '.join(self.variants)})")
+        return [p for p in self.points if (not only or p.variant in only) and (seeds is None or p.seed in seeds)]
+
+
+def _rel(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` when both lie in the repository, else absolute (runs anywhere)."""
+    try:
+        path.resolve().relative_to(ROOT)
+        start.resolve().relative_to(ROOT)
+    except ValueError:
+        return str(path.resolve())
+    return os.path.relpath(path.resolve(), start.resolve())
+
+
+def load_grid(path: str | os.PathLike) -> Grid:
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file not found: {path}")
+    try:
+        g = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise GridError(f"{path}: not YAML ({e})") from None
+    if not isinstance(g, dict):
+        raise GridError(f"{path}: expected a mapping with notebook, variants and seeds")
+    missing = [k for k in ("notebook", "variants", "seeds") if k not in g]
+    if missing:
+        raise GridError(f"{path}: missing {', '.join(missing)}")
+    nb = (ROOT / g["notebook"]).resolve()
+    if not nb.is_file():
+        raise GridError(f"{path}: notebook {g['notebook']} not found")
+    out = Path(g.get("out") or path.parent)
+    out = (out if out.is_absolute() else ROOT / out).resolve()
+    variants = g["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise GridError(f"{path}: variants must be a non-empty mapping of name -> {{overrides: ...}}")
+    for name, v in variants.items():
+        if not isinstance(v, dict) or not isinstance(v.get("overrides", {}), dict):
+            raise GridError(f"{path}: variant {name!r} needs a mapping with 'overrides' (config fields)")
+        if "__" in str(name) or "/" in str(name) or " " in str(name):
+            raise GridError(f"{path}: variant name {name!r} may not contain '__', '/' or spaces")
+    seeds = g["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise GridError(f"{path}: seeds must be a non-empty list of integers")
+    grid = Grid(path, nb, out, dict(g.get("parameters") or {}), variants, seeds, int(g.get("threads", 1)),
+                int(g.get("jobs", 2)), int(g.get("background_images", 50)))
+    grid.points = [Point(name, s, dict(v.get("overrides") or {})) for name, v in variants.items() for s in seeds]
+    return grid
+
+
+def _python() -> str:
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(ROOT))  # .venv/bin/python: the command reads the same from any clone
+    except ValueError:
+        return str(exe)
+
+
+def command(grid: Grid, p: Point) -> str:
+    """The shell command, run from the repository root, that produces point ``p``'s row alone."""
+    params = {**grid.parameters, "seed": p.seed, "overrides": {**grid.parameters.get("overrides", {}), **p.overrides},
+              "work_dir": _rel(grid.out / "runs" / p.id, grid.notebook.parent)}
+    args = [f"OMP_NUM_THREADS={grid.threads}", _python(), "-m", "gflnb.book", "run", _rel(grid.notebook, ROOT),
+            _rel(grid.out / "notebooks" / f"{p.id}.ipynb", ROOT)]
+    for k, v in params.items():
+        args += ["-p", k, json.dumps(v, sort_keys=True) if not isinstance(v, str) else v]
+    return args[0] + " " + shlex.join(args[1:])
+
+
+def metrics_path(grid: Grid, p: Point) -> Path:
+    return grid.out / "runs" / p.id / "metrics.json"
+
+
+def record_path(grid: Grid, p: Point) -> Path:
+    return grid.out / "records" / f"{p.id}.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _done(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
+    rp = record_path(grid, p)
+    if not rp.exists():
+        return None
+    try:
+        rec = json.loads(rp.read_text())
+    except json.JSONDecodeError:
+        return None
+    return rec if rec.get("status") == "ok" and rec.get("command") == cmd else None
+
+
+def _background(grid: Grid, p: Point) -> Optional[dict]:
+    """The Fig. 2 summary of the point's checkpoint on the validation set (None where it does not apply)."""
+    if p.variant not in BACKGROUND_VARIANTS:
+        return None
+    from .analysis import anchor_scores, background_summary, load_model
+    from .data import CocoDetection
+    from .synth import dataset_paths
+    ck = grid.out / "runs" / p.id / "latest.pth"
+    root = (grid.notebook.parent / grid.parameters.get("data_root", "../data/synth")).resolve()
+    val_ann, val_img = dataset_paths(root, "val")
+    model = load_model(ck)
+    ds = CocoDetection(val_ann, val_img, model.cfg, train=False)
+    return background_summary(anchor_scores(model, ds, max_images=grid.background_images))
+
+
+def run_point(grid: Grid, p: Point) -> dict:
+    """Execute one point's command and write its record; never raises for a failed run."""
+    cmd = command(grid, p)
+    env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads)}
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=cmd,
+                               parameters=grid.parameters, metrics_path=_rel(metrics_path(grid, p), ROOT))
+    mp = metrics_path(grid, p)
+    if mp.exists():
+        mp.unlink()  # a metrics file from an earlier, killed attempt must not pass for this one's
+    proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    rec["wall_s"] = round(time.perf_counter() - t0, 1)
+    try:
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            err = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+            raise RuntimeError(f"exit {proc.returncode}: {err.strip()[:500]}")
+        m = json.loads(mp.read_text())
+        rec.update(status="ok", error="", iterations=m["iterations"], metrics=m.get("metrics", {}),
+                   machine=m.get("machine"))
+    except Exception as e:  # a failed point is recorded and the sweep goes on
+        rec.update(status="failed", error=str(e).replace("\n", " ")[:500])
+    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1, default=str))
+    return rec
+
+
+def add_background(grid: Grid, points: Sequence[Point]) -> int:
+    """Add the Fig. 2 summary to the ok records of quality variants that lack it (from each point's
+    checkpoint); a separate pass, so that an analysis change never reruns training. Returns how many."""
+    import warnings
+    n = 0
+    for p in points:
+        rp = record_path(grid, p)
+        if p.variant not in BACKGROUND_VARIANTS or not rp.exists():
+            continue
+        rec = json.loads(rp.read_text())
+        if rec.get("status") != "ok" or "background" in rec:
+            continue
+        try:
+            rec["background"] = _background(grid, p)
+        except Exception as e:  # the row stands without it; the chapter says what is missing
+            warnings.warn(f"{p.id}: no background summary ({e})")
+            continue
+        _atomic_write(rp, json.dumps(rec, indent=1, default=str))
+        n += 1
+    return n
+
+
+def _row(grid: Grid, p: Point, rec: Optional[dict]) -> dict:
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(variant=p.variant, seed=p.seed, command=command(grid, p),
+               metrics_path=_rel(metrics_path(grid, p), ROOT), record_path=_rel(record_path(grid, p), ROOT))
+    if rec is None:
+        row["status"] = "missing"
+        return row
+    row.update(status=rec["status"], error=rec.get("error", ""), iterations=rec.get("iterations", ""))
+    for k in AP_KEYS:
+        v = rec.get("metrics", {}).get(k)
+        row[k] = "" if v is None else f"{v:.2f}"
+    return row
+
+
+def write_table(grid: Grid, points: Sequence[Point]) -> Path:
+    """``results.csv`` from the records of ``points``, in grid order (atomically)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for p in points:
+        rp = record_path(grid, p)
+        rec = json.loads(rp.read_text()) if rp.exists() else None
+        w.writerow(_row(grid, p, rec))
+    path = grid.out / "results.csv"
+    _atomic_write(path, buf.getvalue())
+    return path
+
+
+def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Optional[Sequence[str]] = None,
+              seeds: Optional[Sequence[int]] = None, progress: bool = True) -> dict[str, Any]:
+    """Run every point not yet done, ``jobs`` at a time; returns counts and the table's path."""
+    grid = load_grid(grid_file)
+    points = grid.select(only, seeds)
+    todo = [p for p in points if _done(grid, p, command(grid, p)) is None]
+    skipped = len(points) - len(todo)
+    jobs = max(1, jobs or grid.jobs)
+    t0 = time.perf_counter()
+    if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
+        # once, before the points start side by side: each would otherwise generate the same set
+        from .synth import ensure_dataset
+        par = grid.parameters
+        ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
+                       par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress)
+    failed = 0
+    lock = threading.Lock()
+    bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,
+               dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_point, grid, p): p for p in todo}
+        for fut in as_completed(futures):
+            rec = fut.result()
+            with lock:
+                failed += rec["status"] != "ok"
+                write_table(grid, points)  # after every point: a killed sweep leaves its table current
+                ap = rec.get("metrics", {}).get("AP")
+                bar.set_postfix_str(f"{rec['variant']} s{rec['seed']}: " +
+                                    (f"AP {ap:.1f}" if rec["status"] == "ok" else "failed"))
+                bar.update(1)
+    bar.close()
+    summarized = add_background(grid, points)
+    table = write_table(grid, points)
+    summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
+                   wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=str(table))
+    _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,58 @@
+"""Portable numerics (gflnb/portable.py): the AVX2 kernels on every x86-64 CPU unless GFLNB_NATIVE_ISA=1."""
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from gflnb.portable import PORTABLE_ISA
+
+pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                                reason="the cap is for x86-64 CPUs")  # every machine of this project is one
+
+CAPABILITY = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+# A few training steps of a small conv net: sums, convs (oneDNN), GEMMs (MKL), softmax; prints the
+# exact bits of the final weights.
+STEPS = """
+import torch
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.ReLU(),
+                          torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10))
+opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+for _ in range(5):
+    opt.zero_grad(); torch.nn.functional.cross_entropy(net(x).log_softmax(1), y).backward(); opt.step()
+print(torch.cat([p.detach().flatten() for p in net.parameters()]).double().sum().item().hex())
+"""
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in PORTABLE_ISA and k != "GFLNB_NATIVE_ISA"}
+    return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                          check=True)
+
+
+def test_import_gflnb_caps_the_kernels_at_avx2():
+    assert _run("import gflnb; " + CAPABILITY).stdout.strip() == "AVX2"
+
+
+def test_native_lifts_the_cap():
+    native = _run(CAPABILITY).stdout.strip()  # what torch picks on its own here
+    assert _run("import gflnb; " + CAPABILITY, GFLNB_NATIVE_ISA="1").stdout.strip() == native
+
+
+def test_a_variable_the_user_set_is_kept():
+    assert _run("import gflnb; " + CAPABILITY, ATEN_CPU_CAPABILITY="default").stdout.strip() == "DEFAULT"
+
+
+def test_torch_that_chose_its_kernels_first_is_warned_about():
+    code = ("import os; os.environ['ATEN_CPU_CAPABILITY'] = 'default'; import torch; "
+            "torch.backends.cpu.get_cpu_capability(); del os.environ['ATEN_CPU_CAPABILITY']; import gflnb")
+    err = _run(code).stderr
+    assert "torch runs DEFAULT kernels, not the portable AVX2 ones" in err
+
+
+def test_the_default_computes_what_the_forced_avx2_kernels_compute():
+    forced = _run(STEPS, **PORTABLE_ISA).stdout
+    assert _run("import gflnb\n" + STEPS).stdout == forced
