@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ["01_quality_focal_loss", "02_distribution_focal_loss", "03_training", "04_coco_evaluation",
-             "05_learned_distributions", "06_performance"]
+             "05_learned_distributions", "06_performance", "07_ablations"]
 
 
 def execute(src: str | Path, out: str | Path, parameters: Optional[dict[str, Any]] = None,

@@ -276,3 +276,99 @@ def plot_spread_vs_truth(edges: pd.DataFrame, spread: str = "entropy"):
                 title=f"spread vs localisation error: r = {ce['pearson']:.2f}")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ chapter 7: ablations
+VERDICT_COLORS = {"holds": PALETTE[2], "reversed": PALETTE[3], "not resolved": "0.55"}
+
+
+def plot_ablation_ap(ok: pd.DataFrame, variants: Sequence[str], labels: dict[str, str],
+                     metrics: Sequence[str] = ("AP", "AP50", "AP75")):
+    """Per variant: each seed's value (dots), the mean (diamond) and the std over seeds (error bar)."""
+    variants = [v for v in variants if (ok["variant"] == v).any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + 2.5, 0.5 * len(variants) + 1.6),
+                             sharey=True, squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only, so overlapping seeds stay visible
+    for ax, m in zip(axes[0], metrics):
+        for i, v in enumerate(variants):
+            x = ok.loc[ok["variant"] == v, m].dropna().to_numpy(np.float64)
+            color = PALETTE[1] if v == "gfl" else PALETTE[0]
+            ax.scatter(x, i + rng.uniform(-0.12, 0.12, len(x)), s=16, color="k", alpha=0.7, zorder=3,
+                       label="one seed" if i == 0 else None)
+            std = x.std(ddof=1) if len(x) >= 2 else 0.0
+            ax.errorbar(x.mean(), i, xerr=std if len(x) >= 2 else None, fmt="D", color=color, ms=7, capsize=4,
+                        zorder=2, label="mean ± std over seeds" if i == 0 else None)
+        ax.set(xlabel=f"{m} (%)", title=m)
+        ax.margins(x=0.15)
+    axes[0, 0].set_yticks(range(len(variants)),
+                          [f"{labels.get(v, v)} (n={int((ok['variant'] == v).sum())})" for v in variants])
+    axes[0, 0].invert_yaxis()
+    axes[0, 0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_claims(claims: pd.DataFrame, k: float = 2.0):
+    """Each claim's AP difference (better - worse) here with ``k`` standard errors, beside the paper's."""
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(claims) + 1.6))
+    y = np.arange(len(claims))
+    for i, r in enumerate(claims.itertuples()):
+        color = VERDICT_COLORS[r.verdict]
+        if np.isfinite(r.diff):
+            ax.errorbar(r.diff, i, xerr=k * r.se if np.isfinite(r.se) else None, fmt="o", color=color, capsize=4,
+                        ms=7)
+        if r.paper_diff is not None and np.isfinite(r.paper_diff):
+            ax.scatter(r.paper_diff, i, marker="x", color="k", s=40, zorder=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, [f"{r.claim} [{r.verdict}]" for r in claims.itertuples()])
+    ax.invert_yaxis()
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f"here: {v}") for v, c in VERDICT_COLORS.items()]
+    handles.append(plt.Line2D([], [], marker="x", ls="", color="k", label="the paper (COCO)"))
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set(xlabel=f"AP difference, better - worse (%); error bars: {k:g} standard errors",
+           title="the paper's claims: > 0 is the paper's direction")
+    fig.tight_layout()
+    return fig
+
+
+def plot_background(pooled: dict[str, dict], labels: dict[str, str], bg_iou: float = 0.3, pos_iou: float = 0.5):
+    """Fig. 2 measured: per variant (columns), anchors' score against IoU (top) and, for models with a
+    quality factor, the background anchors' class score against quality (bottom); log colour scale."""
+    from matplotlib.colors import LogNorm
+    names = sorted(pooled, key=lambda v: (v != "gfl", not pooled[v]["separate"], v))
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 8.2), squeeze=False)
+    for j, v in enumerate(names):
+        p = pooled[v]
+        ax = axes[0, j]
+        if p["hist_score_iou"] is None:  # a record written without the histogram
+            ax.set_axis_off()
+            axes[1, j].set_axis_off()
+            continue
+        h = np.asarray(p["hist_score_iou"], float)  # rows score, columns IoU
+        im = ax.imshow(np.ma.masked_equal(h, 0), origin="lower", extent=(0, 1, 0, 1), aspect="auto", cmap="viridis",
+                       norm=LogNorm(vmin=1, vmax=max(2.0, h.max())))
+        ax.axvspan(0, bg_iou, color="w", alpha=0.12)
+        for x in (bg_iou, pos_iou):
+            ax.axvline(x, color="w", lw=0.8, ls="--")
+        if p["pos_median_score"] is not None:
+            ax.axhline(p["pos_median_score"], color=PALETTE[3], lw=1.2, label="median score, positive-like")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set(xlabel="IoU of the decoded box with its best gt", ylabel="ranking score",
+               title=f"{labels.get(v, v)}\nbackground above that median: {100 * (p['bg_outrank_frac'] or 0):.2f}%")
+        fig.colorbar(im, ax=ax, label="anchors")
+        ax = axes[1, j]
+        if p["hist_bg_cls_quality"] is None:
+            ax.text(0.5, 0.5, "joint score:\nno separate quality factor", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        h = np.asarray(p["hist_bg_cls_quality"], float).T  # rows quality, columns class score
+        im = ax.imshow(np.ma.masked_equal(h, 0), origin="lower", extent=(0, 1, 0, 1), aspect="auto", cmap="magma",
+                       norm=LogNorm(vmin=1, vmax=max(2.0, h.max())))
+        ax.add_patch(patches.Rectangle((0, 0.5), 0.1, 0.5, fill=False, ec=PALETTE[2], lw=2))
+        ax.set(xlabel="class score", ylabel="quality score",
+               title=f"background anchors (IoU < {bg_iou})\nclass < 0.1, quality > 0.5 (box): "
+                     f"{100 * (p['bg_lowcls_highq_frac'] or 0):.2f}%")
+        fig.colorbar(im, ax=ax, label="anchors")
+    fig.tight_layout()
+    return fig

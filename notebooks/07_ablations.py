@@ -1,0 +1,183 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The paper's ablations, reproduced
+#
+# The paper argues for GFL with ablations: how localisation quality is represented (Table 1a),
+# QFL's exponent $\beta$ (Table 1c), how the box is represented (Table 2a), and QFL with and
+# without DFL (Table 3); GFLv2 adds its Distribution-Guided Quality Predictor (DGQP). Here every
+# variant is trained several times, with different seeds, by chapter 3's notebook on the synthetic
+# set (`gflnb sweep experiments/ablations/grid.yaml`, one papermill run per variant and seed), and
+# this chapter reads the committed table: it trains nothing.
+#
+# A difference of a few tenths of AP, as in most of the paper's rows, is within what a different
+# seed changes on a small set, so each of the paper's claims gets a verdict only where the seeds
+# agree. With per-seed APs $a_1..a_{n_a}$ of the variant the paper says is better and $b_1..b_{n_b}$
+# of the other,
+#
+# $$\Delta = \bar a - \bar b, \qquad \mathrm{SE} = \sqrt{\frac{s_a^2}{n_a} + \frac{s_b^2}{n_b}}$$
+#
+# (Welch's standard error, $s^2$ the sample variances). The claim **holds** when
+# $\Delta > 2\,\mathrm{SE}$, is **reversed** when $\Delta < -2\,\mathrm{SE}$, and is **not resolved**
+# otherwise, or when either side has fewer than two successful seeds.
+#
+# The chapter also measures the paper's Fig. 2 argument: with a separate quality branch, a
+# background anchor can pair a low class score with a high quality score and outrank true
+# positives in NMS; a joint score cannot.
+
+# %% tags=["parameters"]
+results_csv = "../experiments/ablations/results.csv"  # written by gflnb sweep
+grid = "../experiments/ablations/grid.yaml"  # variant names, labels and the shared run parameters
+records_dir = "../experiments/ablations/records"  # one JSON record per run (Fig. 2 summaries)
+
+# %% tags=["hide-input"]
+from gflnb import nbtools as nb
+
+nb.check("results_csv", results_csv, str, lambda v: len(v) > 0, "must name the sweep's results.csv")
+nb.check("grid", grid, str)
+nb.check("records_dir", records_dir, str)
+
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown
+
+from gflnb import ablation, paper, viz
+
+viz.setup()
+try:
+    df = ablation.read_results(results_csv)
+except FileNotFoundError as e:
+    print(f"NOTE: {e}.\nThe chapter shows the paper's tables only.")
+    df = pd.DataFrame(columns=["variant", "seed", *ablation.AP_KEYS, "status", "error", "iterations"])
+g = ablation.read_grid(grid)
+if not g:
+    print(f"NOTE: no grid file at {grid}: variant labels come from the paper's row names.")
+records = ablation.read_records(records_dir)
+order = ablation.variant_order(df, g)
+labels = ablation.variant_labels(g, order + [v for t in paper.TABLES.values() for v in t["rows"] if v not in order])
+ok = ablation.ok_rows(df)
+stats = ablation.variant_stats(df, order)
+info = ablation.run_info(df, g)
+print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} failed; "
+      f"{info['variants']} variants, seeds {info['seeds']}, iterations per run {info['iterations'] or '–'}; "
+      f"{len(records)} records")
+
+# %% [markdown]
+# ## The runs
+#
+# One row per variant: successful seeds, failed ones, and AP, AP50 and AP75 as mean ± std over the
+# successful seeds (a single seed has no spread and shows only `n=1`). Failed runs are listed with
+# their error; they count nowhere else.
+
+# %%
+if len(stats) and len(df):
+    runs = pd.DataFrame({"variant": stats.index, "label": [labels[v] for v in stats.index],
+                         "ok seeds": stats["n"].to_numpy(), "failed": stats["failed"].to_numpy(),
+                         **{m: [ablation.fmt(s[f"{m}_mean"], s[f"{m}_std"], int(s["n"])) for _, s in stats.iterrows()]
+                            for m in ("AP", "AP50", "AP75")}}).set_index("variant")
+    display(runs)
+    bad = df[df["status"] != "ok"]
+    if len(bad):
+        display(bad[["variant", "seed", "status", "error"]].set_index(["variant", "seed"]))
+else:
+    print("No runs to show.")
+
+# %% [markdown]
+# ## The paper's tables beside the synthetic set
+#
+# The paper's columns are its ATSS numbers (COCO minival, R-50-FPN, 1x); the synthetic columns are
+# mean ± std over seeds of the CPU demo detector. Absolute APs cannot be compared (another data
+# set, model and schedule); the order of the rows can.
+
+# %%
+for tid, t in paper.TABLES.items():
+    display(Markdown(f"**{t['title']}**" + (f" {t['note']}" if t["note"] else "")))
+    display(ablation.side_by_side(tid, stats))
+
+# %% [markdown]
+# ## AP per variant
+#
+# Each dot is one seed; the diamond is the mean and the bar its standard deviation over seeds. GFL
+# (joint QFL score, DFL) is drawn in orange.
+
+# %%
+if len(ok):
+    fig = viz.plot_ablation_ap(ok, order, labels)
+else:
+    print("No successful run: nothing to plot.")
+
+# %% [markdown]
+# ## Background anchors outranking positives (Fig. 2)
+#
+# For the variants whose records carry it, the sweep scored every anchor of the first validation
+# images (all levels, before the score threshold) with the score `GFLHead.predict` ranks by in NMS,
+# and took the IoU of each anchor's decoded box with its best gt. Anchors with IoU $< 0.3$ are
+# background, those with IoU $\geq 0.5$ positive-like. The top row shows where the anchors lie in
+# (IoU, score) and the median score of the positive-like anchors; the number above each panel is
+# the fraction of background anchors scoring above that median, which NMS and AP would rank ahead
+# of a typical true positive. The bottom row, for models whose score is a class score times a
+# quality factor, shows the background anchors' class score against their quality; the green box
+# is the paper's failure case (class score below 0.1, quality above 0.5). Histograms are summed,
+# fractions averaged over seeds.
+
+# %%
+pooled = ablation.pool_background(records)
+bg = ablation.background_table(records)
+if pooled:
+    fig = viz.plot_background(pooled, labels)
+    summary = bg.groupby("variant")[["background", "positive", "pos_median_score", "bg_outrank_frac",
+                                      "ranking_auc", "bg_score_q99", "bg_quality_q99",
+                                      "bg_lowcls_highq_frac"]].mean()
+    summary.insert(0, "seeds", bg.groupby("variant").size())
+    display(summary.rename(columns={"bg_outrank_frac": "bg above pos. median", "ranking_auc": "P(pos > bg)",
+                                    "bg_score_q99": "bg score q99", "bg_quality_q99": "bg quality q99",
+                                    "bg_lowcls_highq_frac": "bg cls<0.1, q>0.5"}).round(4))
+    print("P(pos > bg): the probability that a random positive-like anchor outscores a random background one.")
+else:
+    print(f"No record in {records_dir} has a background summary (the sweep writes one for gfl, iou, "
+          "centerness and dgqp).")
+
+# %% [markdown]
+# ## The paper's claims
+#
+# Each claim compares two rows of one of the paper's tables. The difference is better minus worse
+# in AP, so a positive number is the paper's direction; the verdict applies the rule stated at the
+# top. The figure shows the difference here with $\pm 2\,\mathrm{SE}$ and the paper's difference
+# (a cross) on the same axis.
+
+# %%
+claims = ablation.claim_table(df)
+counts = ablation.verdict_counts(claims)
+show = claims.assign(**{"paper Δ AP": claims["paper_diff"], "here Δ AP": claims["diff"].round(2),
+                        "2 SE": (2 * claims["se"]).round(2),
+                        "n (better/worse)": [f"{a}/{b}" for a, b in zip(claims["n_better"], claims["n_worse"])]})
+display(show[["claim", "table", "better", "worse", "paper Δ AP", "here Δ AP", "2 SE", "n (better/worse)", "verdict",
+              "why"]].set_index("claim"))
+fig = viz.plot_claims(claims, ablation.K_SE)
+print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {counts['not_resolved']} "
+      f"of {len(claims)} claims")
+
+# %% [markdown]
+# ## What we learned
+#
+# Stated from this sweep's numbers:
+
+# %%
+display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels))))
+
+# %%
+nb.record(chapter="ablations", runs=info["runs"], ok_runs=info["ok"], failed_runs=info["failed"],
+          variants=info["variants"], seeds=len(info["seeds"]), iterations=info["iterations"],
+          claims=len(claims), holds=counts["holds"], reversed=counts["reversed"],
+          not_resolved=counts["not_resolved"], background_variants=sorted(pooled))

@@ -1,0 +1,194 @@
+"""Chapter 7's package side: the verdict rule by hand, the sweep table read with one seed and failed
+rows, the generated conclusions following the numbers, the Fig. 2 measurement (``anchor_scores``,
+``background_summary``) on tiny random models, and the chapter without a sweep table."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gflnb import ablation, build_model, paper
+from gflnb.analysis import anchor_scores, background_summary
+from gflnb.data import Collate, CocoDetection
+from gflnb.synth import dataset_paths, make_dataset
+
+SUMMARY_KEYS = {"quality", "separate", "images", "anchors", "background", "positive", "bg_iou", "pos_iou", "bins",
+                "pos_median_score", "bg_outrank_count", "bg_outrank_frac", "ranking_auc", "bg_score_q", "pos_score_q",
+                "bg_cls_q", "bg_quality_q", "pos_quality_q", "bg_lowcls_highq_frac", "hist_score_iou",
+                "hist_bg_cls_quality"}
+
+
+# ----------------------------------------------------------------- the verdict rule
+def test_compare_by_hand():
+    # means 55.7 and 53.5; sample variances 0.18 and 0.32, so SE = sqrt(0.09 + 0.16) = 0.5: 2.2 > 1.0
+    r = ablation.compare([55.4, 56.0], [53.1, 53.9])
+    assert r["diff"] == pytest.approx(2.2) and r["se"] == pytest.approx(0.5)
+    assert (r["n_better"], r["n_worse"], r["verdict"]) == (2, 2, "holds")
+    assert ablation.compare([53.1, 53.9], [55.4, 56.0])["verdict"] == "reversed"
+    # 0.8 apart with SE 0.5: within 2 SE
+    assert ablation.compare([54.0, 54.6], [53.1, 53.9])["verdict"] == "not resolved"
+    assert ablation.compare([54.0, 54.6], [53.1, 53.9], k=1.0)["verdict"] == "holds"
+    one = ablation.compare([60.0], [50.0, 50.2])  # one seed: no spread, no verdict
+    assert one["diff"] == pytest.approx(9.9) and math.isnan(one["se"]) and one["verdict"] == "not resolved"
+    none = ablation.compare([], [50.0, 50.2])
+    assert math.isnan(none["diff"]) and none["n_better"] == 0 and none["verdict"] == "not resolved"
+    assert ablation.compare([55.4, float("nan"), 56.0], [53.1, 53.9])["n_better"] == 2  # NaN = a failed seed
+    assert ablation.compare([1.0, 1.0], [0.0, 0.0])["verdict"] == "holds"  # SE 0: any difference counts
+
+
+def _write_csv(path, rows):
+    cols = ["variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "status", "error", "iterations", "wall_s",
+            "command", "metrics_path", "record_path"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def _ok(v, seed, ap):
+    return dict(variant=v, seed=seed, AP=ap, AP50=ap + 20, AP75=ap + 4, status="ok", iterations=375, command="x")
+
+
+def test_one_seed_and_failed_rows(tmp_path):
+    _write_csv(tmp_path / "r.csv", [_ok("gfl", 0, 55.4), _ok("none", 0, 50.0),
+                                    dict(variant="none", seed=1, status="failed", error="exit 1: boom"),
+                                    dict(variant="iou", seed=0, status="failed", error="exit 1: boom")])
+    df = ablation.read_results(tmp_path / "r.csv")
+    assert len(ablation.ok_rows(df)) == 2
+    st = ablation.variant_stats(df, ["gfl", "none", "iou"])
+    assert st.loc["gfl", "n"] == 1 and math.isnan(st.loc["gfl", "AP_std"]) and st.loc["none", "failed"] == 1
+    assert st.loc["iou", "n"] == 0 and st.loc["iou", "failed"] == 1
+    assert ablation.fmt(st.loc["gfl", "AP_mean"], st.loc["gfl", "AP_std"], 1) == "55.4 (n=1)"
+    assert ablation.fmt(55.44, 0.31, 3) == "55.4 ± 0.3 (n=3)" and ablation.fmt(math.nan, math.nan, 0) == "–"
+    t = ablation.side_by_side("1a", st)
+    assert t.loc["joint, trained with QFL", "paper AP"] == "39.9"
+    assert t.loc["joint, trained with QFL", "here AP"] == "55.4 (n=1)"
+    assert t.loc["separate IoU branch", "here AP"] == "–"
+    claims = ablation.claim_table(df)
+    assert len(claims) == len(paper.CLAIMS) and set(claims["verdict"]) == {"not resolved"}
+    why = dict(zip(claims["claim"], claims["why"]))
+    assert why["joint QFL beats no quality branch"] == "fewer than 2 seeds"
+    assert why["joint beats a separate IoU branch"] == "not run"
+    counts = ablation.verdict_counts(claims)
+    assert counts == dict(holds=0, reversed=0, not_resolved=len(paper.CLAIMS))
+    info = ablation.run_info(df, {"parameters": {"num_train": 1000, "num_val": 200, "epochs": 3}})
+    assert (info["runs"], info["ok"], info["failed"], info["iterations"], info["seeds"]) == (4, 2, 2, [375], [0])
+    text = "\n".join(ablation.learned(claims, info, {}, {}))
+    assert "375 iterations" in text and "1000 synthetic training images" in text and "COCO minival" in text
+    assert "Not resolved (fewer than 2 seeds): joint QFL beats no quality branch" in text
+    with pytest.raises(FileNotFoundError, match="no sweep table"):
+        ablation.read_results(tmp_path / "missing.csv")
+
+
+def test_conclusions_follow_the_numbers(tmp_path):
+    texts = {}
+    cases = dict(joint_better=((55.4, 56.0), (53.1, 53.9)), iou_better=((53.1, 53.9), (55.4, 56.0)))
+    for name, (a, b) in cases.items():
+        _write_csv(tmp_path / f"{name}.csv", [_ok("gfl", 0, a[0]), _ok("gfl", 1, a[1]),
+                                              _ok("iou", 0, b[0]), _ok("iou", 1, b[1])])
+        df = ablation.read_results(tmp_path / f"{name}.csv")
+        claims = ablation.claim_table(df)
+        texts[name] = "\n".join(ablation.learned(claims, ablation.run_info(df, {}), {}, {}))
+    held = "* Held: joint beats a separate IoU branch (+2.20 ± 0.50 AP here, +0.3 in the paper)"
+    assert held in texts["joint_better"]
+    assert "Reversed" not in texts["joint_better"]
+    assert "* Reversed: joint beats a separate IoU branch (-2.20 ± 0.50 AP here" in texts["iou_better"]
+    assert "1 holds, 0 are reversed" in texts["joint_better"] and "0 hold, 1 is reversed" in texts["iou_better"]
+
+
+def test_paper_numbers_and_claims():
+    assert paper.paper_value("1a", "gfl") == 39.9 and paper.paper_value("3", "gfl") == 40.2
+    assert paper.paper_value("1c", "beta0", "AP75") == 40.3 and paper.paper_value("2a", "dirac") == 39.2
+    diffs = {c["claim"]: paper.paper_diff(c) for c in paper.CLAIMS}
+    assert diffs["joint QFL beats no quality branch"] == 1.9 and diffs["DGQP beats joint QFL (GFLv2)"] == 0.8
+    assert diffs["QFL and DFL together beat neither"] == 1.0
+    assert all(d is not None and d > 0 for d in diffs.values())  # each is the paper's direction
+
+
+# ----------------------------------------------------------------- the Fig. 2 measurement
+def test_background_summary_by_hand():
+    scores = dict(quality="iou", separate=True, images=1,
+                  score=np.array([0.92, 0.15, 0.55, 0.75, 0.99]), iou=np.array([0.15, 0.25, 0.65, 0.85, 0.45]),
+                  cls=np.array([0.05, 0.35, 0.65, 0.85, 0.99]), quality_score=np.array([0.95, 0.25, 0.85, 0.88, 1.0]))
+    s = background_summary(scores)
+    assert set(s) == SUMMARY_KEYS
+    json.dumps(s)  # JSON-ready
+    # background: anchors 0, 1 (IoU < 0.3); positive-like: 2, 3; anchor 4 (IoU 0.4) ignored
+    assert (s["anchors"], s["background"], s["positive"]) == (5, 2, 2)
+    assert s["pos_median_score"] == pytest.approx(0.65)
+    assert s["bg_outrank_count"] == 1 and s["bg_outrank_frac"] == pytest.approx(0.5)  # 0.92 > 0.65, 0.15 is not
+    assert s["ranking_auc"] == pytest.approx(0.5)  # of 4 (pos, bg) pairs, 0.55 and 0.75 beat only 0.15
+    assert s["bg_lowcls_highq_frac"] == pytest.approx(0.5)  # anchor 0: class 0.05, quality 0.95
+    assert s["bg_quality_q"]["max"] == pytest.approx(0.95) and s["bg_score_q"]["q50"] == pytest.approx(0.535)
+    h = np.array(s["hist_score_iou"])
+    assert h.shape == (10, 10) and h.sum() == 5 and h[9, 1] == 1 and h[9, 4] == 1  # (0.92, 0.15), (0.99, 0.45)
+    hq = np.array(s["hist_bg_cls_quality"])
+    assert hq.sum() == 2 and hq[0, 9] == 1 and hq[3, 2] == 1  # (0.05, 0.95), (0.35, 0.25)
+    joint = background_summary(dict(scores, quality="qfl", separate=False, cls=None, quality_score=None))
+    assert joint["hist_bg_cls_quality"] is None and joint["bg_quality_q"] is None
+    assert joint["bg_lowcls_highq_frac"] is None
+    nopos = background_summary(dict(scores, iou=np.zeros(5)))
+    assert nopos["positive"] == 0 and nopos["pos_median_score"] is None and nopos["bg_outrank_frac"] is None
+    assert nopos["ranking_auc"] is None
+
+
+@pytest.fixture(scope="module")
+def tiny_val(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    make_dataset(root, num_train=0, num_val=2, seed=5, progress=False)
+    return dataset_paths(root, "val")
+
+
+@pytest.mark.parametrize("quality", ["iou", "qfl"])
+def test_anchor_scores_on_a_tiny_model(tiny_val, quality):
+    torch.manual_seed(0)
+    model = build_model("gfl_cpu_demo", num_classes=3, pretrained_backbone=False, quality=quality).eval()
+    ds = CocoDetection(*tiny_val, model.cfg, train=False)
+    out = anchor_scores(model, ds, max_images=50)
+    sep = quality == "iou"
+    assert (out["quality"], out["separate"], out["images"]) == (quality, sep, 2)
+    n = len(out["score"])
+    assert n > 0 and all(len(out[k]) == n for k in ("iou", "level", "image"))
+    assert set(out["level"].tolist()) == {0, 1, 2} and set(out["image"].tolist()) == {0, 1}
+    assert ((out["score"] >= 0) & (out["score"] <= 1)).all() and ((out["iou"] >= 0) & (out["iou"] <= 1)).all()
+    if sep:
+        np.testing.assert_allclose(out["score"], out["cls"] * out["quality_score"], rtol=1e-6)
+    else:
+        assert out["cls"] is None and out["quality_score"] is None
+
+    # the head's per-anchor score is what predict ranks by: the same maximum over all (anchor, class) pairs
+    images, _, metas = Collate(model.cfg)([ds[0]])
+    with torch.no_grad():
+        cls_scores, bbox_preds = model(images)
+        per = model.bbox_head.anchor_scores(cls_scores, bbox_preds, metas)[0]
+        dets = model.bbox_head.predict(cls_scores, bbox_preds, metas, score_thr=0.0, nms_pre=10 ** 9,
+                                       min_bbox_size=-1, with_nms=False)[0]
+    assert per["score"].max() == dets["scores"].max()
+    assert len(per["score"]) * 3 == len(dets["scores"])  # every pair of every anchor, none thresholded away
+    assert ("quality" in per) == sep
+
+    s = background_summary(out)
+    assert set(s) == SUMMARY_KEYS
+    json.dumps(s)
+    assert s["anchors"] == n and s["background"] + s["positive"] <= n
+    assert np.array(s["hist_score_iou"]).sum() == n
+    assert (s["hist_bg_cls_quality"] is not None) == sep
+    if sep:
+        assert np.array(s["hist_bg_cls_quality"]).sum() == s["background"]
+    assert anchor_scores(model, ds, max_images=1)["images"] == 1
+
+
+# ----------------------------------------------------------------- the chapter without a sweep
+def test_chapter_without_a_sweep_table(tmp_path):
+    from gflnb.book import ROOT, execute, records
+    out = tmp_path / "07.ipynb"
+    execute(ROOT / "notebooks" / "07_ablations.py", out,
+            dict(results_csv=str(tmp_path / "none.csv"), grid=str(tmp_path / "none.yaml"),
+                 records_dir=str(tmp_path / "none")), cwd=ROOT / "notebooks", timeout=300)
+    rec = records(out)
+    assert len(rec) == 1 and rec[0]["runs"] == 0 and rec[0]["claims"] == len(paper.CLAIMS)
+    assert rec[0]["not_resolved"] == len(paper.CLAIMS)
+    assert "no sweep table at" in out.read_text()

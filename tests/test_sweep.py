@@ -1,0 +1,136 @@
+"""``gflnb sweep``: a tiny grid end to end through the same code as the ablation sweep, then the
+Ablations chapter rendered from its table."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gflnb.book import ROOT, execute, records
+from gflnb.cli import main
+from gflnb.sweep import COLUMNS, GridError, load_grid
+from gflnb.synth import make_dataset
+
+
+def _grid(tmp: Path, out: Path, variants: dict, seeds=(0,), jobs=2) -> Path:
+    data = tmp / "synth"
+    if not data.exists():
+        make_dataset(data, num_train=12, num_val=4, seed=3, progress=False)
+        (data / "annotations" / "synth.json").write_text(json.dumps(dict(num_train=12, num_val=4, seed=0)))
+    g = dict(notebook="notebooks/03_training.py", out=str(out), threads=1, jobs=jobs, seeds=list(seeds),
+             background_images=2,
+             parameters=dict(config="gfl_cpu_demo", data_root=str(data), num_train=12, num_val=4, epochs=1,
+                             overrides=dict(warmup_iters=2, batch_size=4)),
+             variants={k: dict(label=k, tables=["1a"], overrides=v) for k, v in variants.items()})
+    path = tmp / f"grid_{out.name}.yaml"
+    path.write_text(yaml.safe_dump(g, sort_keys=False))
+    return path
+
+
+def _abs(path: str) -> Path:
+    return Path(path) if os.path.isabs(path) else ROOT / path
+
+
+def _table(out: Path) -> list[dict]:
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    grid = _grid(tmp, tmp / "a", {"gfl": {}, "iou": {"quality": "iou"}, "broken": {"quality": "nonsense"}})
+    assert main(["sweep", str(grid), "--no-progress"]) == 0
+    return tmp, grid, tmp / "a"
+
+
+def test_the_table_has_a_row_per_point_and_records_failures(swept):
+    _, _, out = swept
+    rows = _table(out)
+    assert [r["variant"] for r in rows] == ["gfl", "iou", "broken"] and set(rows[0]) == set(COLUMNS)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 2 and all(0 <= float(r["AP"]) <= 100 and int(r["iterations"]) == 3 for r in ok)
+    bad = rows[2]
+    assert bad["status"] == "failed" and "quality" in bad["error"] and bad["AP"] == ""
+    for r in ok:
+        assert _abs(r["metrics_path"]).exists()
+        rec = json.loads(_abs(r["record_path"]).read_text())
+        assert rec["status"] == "ok" and rec["metrics"]["AP"] == pytest.approx(float(r["AP"]), abs=0.01)
+        assert "background" in rec  # gfl and iou carry the Fig. 2 summary
+    assert (out / "notebooks" / "gfl__s0.ipynb").exists()  # the executed notebook is the full record
+
+
+def test_a_row_is_reproduced_by_its_command_alone(swept):
+    _, _, out = swept
+    row = _table(out)[0]
+    m = json.loads(_abs(row["metrics_path"]).read_text())["metrics"]
+    _abs(row["metrics_path"]).unlink()
+    subprocess.run(["bash", "-c", row["command"]], cwd=ROOT, check=True, capture_output=True)
+    again = json.loads(_abs(row["metrics_path"]).read_text())["metrics"]
+    assert again["AP"] == m["AP"]  # seeds, budget in iterations, threads and kernels pinned: bit for bit
+
+
+def test_a_rerun_skips_done_points_and_retries_failed_ones(swept, capsys):
+    _, grid, out = swept
+    before = _table(out)
+    assert main(["sweep", str(grid), "--no-progress"]) == 0
+    assert "3 points: 1 run, 2 already done, 1 failed" in capsys.readouterr().out
+    assert _table(out) == before
+
+
+def test_a_killed_sweep_resumes_to_the_same_table(swept):
+    tmp, _, ref_out = swept
+    out = tmp / "b"
+    grid = _grid(tmp, out, {"gfl": {}, "iou": {"quality": "iou"}}, jobs=1)
+    cmd = [sys.executable, "-m", "gflnb", "sweep", str(grid), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "records" / "gfl__s0.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-sweep: the second point is running
+    proc.wait()
+    done = sorted(p.name for p in (out / "records").glob("*.json"))
+    assert done == ["gfl__s0.json"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "2 points: 1 run, 1 already done" in r.stdout
+    strip = lambda rows: [{k: v.replace(str(ref_out), "OUT").replace(str(out), "OUT") for k, v in row.items()}
+                          for row in rows]
+    assert strip(_table(out)) == strip(_table(ref_out)[:2])  # the uninterrupted sweep's gfl and iou rows
+
+
+def test_bad_grids_are_one_clear_line(tmp_path, capsys):
+    (tmp_path / "g.yaml").write_text("notebook: notebooks/03_training.py\nseeds: [0]\n")
+    assert main(["sweep", str(tmp_path / "g.yaml")]) == 2
+    assert "gflnb: error: " in capsys.readouterr().err
+    with pytest.raises(GridError, match="no variant nope"):
+        load_grid(_grid(tmp_path, tmp_path / "o", {"gfl": {}})).select(["nope"])
+
+
+def test_the_committed_grid_covers_the_papers_tables():
+    g = load_grid(ROOT / "experiments" / "ablations" / "grid.yaml")
+    assert len(g.seeds) >= 3 and len(g.variants) >= 8
+    q = {v["overrides"].get("quality", "qfl") for v in g.variants.values()}
+    assert {"none", "centerness", "iou", "qfl", "dgqp"} <= q
+    betas = {v["overrides"].get("qfl_beta", 2.0) for v in g.variants.values()}
+    assert {0.0, 2.0} <= betas and len(betas) >= 3
+    boxes = {v["overrides"].get("box", "dfl") for v in g.variants.values()}
+    assert {"dirac", "integral", "dfl"} <= boxes
+    table3 = {(v["overrides"].get("quality", "qfl"), v["overrides"].get("box", "dfl")) for v in g.variants.values()}
+    assert {("none", "integral"), ("qfl", "integral"), ("none", "dfl"), ("qfl", "dfl")} <= table3
+    assert "max_minutes" not in g.parameters and g.parameters["epochs"] > 0  # a budget in iterations
+
+
+def test_the_chapter_renders_from_the_sweeps_table(swept):
+    tmp, grid, out = swept
+    nb_out = tmp / "07.ipynb"
+    execute(ROOT / "notebooks" / "07_ablations.py", nb_out,
+            dict(results_csv=str(out / "results.csv"), grid=str(grid), records_dir=str(out / "records")),
+            cwd=ROOT / "notebooks", timeout=300)
+    rec = records(nb_out)
+    assert len(rec) == 1
