@@ -296,6 +296,6 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     summarized = add_background(grid, points)
     table = write_table(grid, points)
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
-                   wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=str(table))
+                   wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT))
     _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))
     return summary
