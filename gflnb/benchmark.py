@@ -59,9 +59,8 @@ def inference_setup(config: str, shape: tuple[int, int], device: str = "cpu", ch
     if path == "evaluate":
         from .fuse import inference_model
         model = inference_model(model, dev)
-    elif path == "nhwc" and not model._nhwc:
-        model._nhwc = True
-        model = model.to(memory_format=torch.channels_last)
+    elif path == "nhwc":
+        model.use_channels_last()
     ph, pw = pad_shape(shape, cfg.size_divisor)
     x = torch.randn(1, 3, ph, pw, generator=torch.Generator().manual_seed(0)).to(dev)
     meta = [dict(img_shape=tuple(shape), pad_shape=(ph, pw), scale_factor=(1.0, 1.0))]

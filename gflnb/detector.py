@@ -42,10 +42,15 @@ class GFL(nn.Module):
                                  dgqp_topk=cfg.dgqp_topk, dgqp_channels=cfg.dgqp_channels)
         # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs
         # are faster on CPU (see cfg.channels_last).
-        self._nhwc = cfg.channels_last
-        if self._nhwc:
-            _check_nhwc_safe(self)
-            self.to(memory_format=torch.channels_last)
+        self._nhwc = False
+        if cfg.channels_last:
+            _check_nhwc_safe(self)  # training in NHWC; inference alone (gflnb.fuse) has no backward to crash
+            self.use_channels_last()
+
+    def use_channels_last(self) -> "GFL":
+        """NHWC weights from now on, and NHWC inputs in ``extract_feat`` (in place; returns self)."""
+        self._nhwc = True
+        return self.to(memory_format=torch.channels_last)
 
     def init_weights(self) -> None:
         """Load the backbone's ImageNet weights named by ``cfg.pretrained_backbone`` (if any)."""

@@ -43,7 +43,7 @@ def fuse_for_inference(model: GFL) -> GFL:
                 ds[0] = fuse_conv_bn_eval(ds[0], ds[1])
                 ds[1] = nn.Identity()
     if fused._nhwc:
-        fused.to(memory_format=torch.channels_last)
+        fused.use_channels_last()  # the folded convs are new tensors, in NCHW
     return fused
 
 
@@ -53,9 +53,11 @@ def inference_model(model: GFL, device: Optional[torch.device | str] = None) -> 
 
     Outputs equal ``model.predict``'s to fp32 rounding (tests/test_detector.py).
     """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if getattr(model, "_inference", False):  # already this path: no second copy per call
+        return model.to(dev)
     fused = fuse_for_inference(model)
-    dev = torch.device(device) if device is not None else next(fused.parameters()).device
-    if dev.type == "cpu" and not fused._nhwc:
-        fused._nhwc = True
-        fused.to(memory_format=torch.channels_last)
+    if dev.type == "cpu":
+        fused.use_channels_last()
+    fused._inference = True
     return fused.to(dev)

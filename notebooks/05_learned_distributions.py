@@ -51,12 +51,13 @@ from torchvision.ops import box_iou
 
 from gflnb import viz
 from gflnb.analysis import SIDES, correlation, edge_table, load_model, predict_images
+from gflnb.fuse import inference_model
 from gflnb.data import CocoDetection, ann_stats
 from gflnb.preprocess import load_image
 
 viz.setup()
 over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
-model = load_model(checkpoint, config or None, **over)
+model = inference_model(load_model(checkpoint, config or None, **over), device)  # once, for every figure below
 ds = CocoDetection(ann, images, model.cfg, train=False)
 edges = edge_table(model, ds, max_images=max_images, device=device, iou_match=iou_match)
 if edges.empty:

@@ -310,6 +310,7 @@ def test_inference_path_matches_the_reference(r18):
     fast = inference_model(r18, "cpu")
     assert fast._nhwc and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())
     assert not r18._nhwc and r18.backbone.conv1.weight.is_contiguous()  # the original is untouched
+    assert inference_model(fast, "cpu") is fast  # idempotent: callers in a loop make no second copy
     _matches_reference_run(fast)
 
 
