@@ -256,6 +256,8 @@ def write_table(grid: Grid, points: Sequence[Point]) -> Path:
     for p in points:
         rp = record_path(grid, p)
         rec = json.loads(rp.read_text()) if rp.exists() else None
+        if rec is not None and rec.get("command") != command(grid, p):
+            rec = None  # a record from another grid (other parameters) is not this point's result
         w.writerow(_row(grid, p, rec))
     path = grid.out / "results.csv"
     _atomic_write(path, buf.getvalue())
@@ -276,7 +278,8 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
         from .synth import ensure_dataset
         par = grid.parameters
         ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
-                       par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress)
+                       par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
+                       version=par.get("data_version", 1))
     failed = 0
     lock = threading.Lock()
     bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,

@@ -33,6 +33,8 @@ IMG_SIDE = (256, 320)
 OBJ_SIDE = (12, 240)
 # A side counts as occluded when this fraction of its boundary strip is covered.
 OCCLUSION_MIN = 0.2
+# Generator versions. A set is a function of (version, counts, seed); experiments name their version.
+VERSIONS = {1: "blur sigma 1.5-6 px on any object; occlusion only where objects happen to overlap"}
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -111,8 +113,15 @@ def _one_sided_blur(alpha: np.ndarray, sig: list[float], cx: float, cy: float) -
     return out
 
 
-def render_image(rng: np.random.Generator, blur_prob: float = 0.35) -> tuple[np.ndarray, list[dict]]:
+def _check_version(version: int) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"synthetic set version {version!r} does not exist; versions: "
+                         + "; ".join(f"{k}: {v}" for k, v in VERSIONS.items()))
+
+
+def render_image(rng: np.random.Generator, blur_prob: float = 0.35, version: int = 1) -> tuple[np.ndarray, list[dict]]:
     """One image (BGR uint8) and its objects (box xyxy in px, class, per-side ambiguity)."""
+    _check_version(version)
     h, w = (int(v) for v in rng.integers(IMG_SIDE[0], IMG_SIDE[1] + 1, size=2))
     img = _background(rng, h, w)
     n = int(rng.integers(1, 7))
@@ -161,7 +170,7 @@ def ambiguity(blur: list[float], occlusion: list[float]) -> list[float]:
     return [round(max(min(b / MAX_BLUR, 1.0), o if o >= OCCLUSION_MIN else 0.0), 4) for b, o in zip(blur, occlusion)]
 
 
-def write_split(out: Path, split: str, num: int, seed: int, progress: bool = True) -> Path:
+def write_split(out: Path, split: str, num: int, seed: int, progress: bool = True, version: int = 1) -> Path:
     from tqdm import tqdm
     img_dir = out / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +178,7 @@ def write_split(out: Path, split: str, num: int, seed: int, progress: bool = Tru
     ss = np.random.SeedSequence([seed, {"train": 0, "val": 1}.get(split, 2)])
     for i, child in enumerate(tqdm(ss.spawn(num), desc=f"synth {split}", disable=not progress, unit="img")):
         rng = np.random.default_rng(child)
-        img, objs = render_image(rng)
+        img, objs = render_image(rng, version=version)
         name = f"{split}_{i:06d}.jpg"
         cv2.imwrite(str(img_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         images.append(dict(id=i + 1, file_name=name, height=int(img.shape[0]), width=int(img.shape[1])))
@@ -187,19 +196,20 @@ def write_split(out: Path, split: str, num: int, seed: int, progress: bool = Tru
     ann_dir.mkdir(parents=True, exist_ok=True)
     path = ann_dir / f"instances_{split}.json"
     info = dict(description="gflnb synthetic shapes with controlled boundary ambiguity", seed=seed,
-                max_blur=MAX_BLUR)
+                version=version, max_blur=MAX_BLUR)
     path.write_text(json.dumps(dict(info=info, images=images, annotations=anns, categories=cats)))
     return path
 
 
 def make_dataset(out: str | Path, num_train: int = 1000, num_val: int = 200, seed: int = 0,
-                 progress: bool = True) -> dict[str, Path]:
+                 progress: bool = True, version: int = 1) -> dict[str, Path]:
     """Write ``out/{train,val}/`` images and ``out/annotations/instances_{train,val}.json``."""
+    _check_version(version)
     out = Path(out)
     paths = {}
     for split, n in (("train", num_train), ("val", num_val)):
         if n > 0:
-            paths[split] = write_split(out, split, n, seed, progress)
+            paths[split] = write_split(out, split, n, seed, progress, version)
     return paths
 
 
@@ -210,13 +220,14 @@ def dataset_paths(root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def ensure_dataset(root: str | Path, num_train: int, num_val: int, seed: int = 0,
-                   progress: bool = True) -> Optional[Path]:
-    """Generate the set unless an identical one (same counts and seed) is already there."""
+                   progress: bool = True, version: int = 1) -> Optional[Path]:
+    """Generate the set unless an identical one (same version, counts and seed) is already there."""
+    _check_version(version)
     root = Path(root)
     stamp = root / "annotations" / "synth.json"
-    want = dict(num_train=num_train, num_val=num_val, seed=seed)
-    if stamp.exists() and json.loads(stamp.read_text()) == want:
+    want = dict(num_train=num_train, num_val=num_val, seed=seed, version=version)
+    if stamp.exists() and {"version": 1, **json.loads(stamp.read_text())} == want:  # stamps before versions: 1
         return root
-    make_dataset(root, num_train, num_val, seed, progress)
+    make_dataset(root, num_train, num_val, seed, progress, version)
     stamp.write_text(json.dumps(want))
     return root

@@ -48,6 +48,7 @@ work_dir = "../runs/chapter3"  # checkpoints, log.jsonl and metrics.json land he
 device = "auto"
 seed = 0  # the training seed (initial weights, batch order, augmentation)
 data_seed = 0  # the synthetic set's seed: fixed while sweeps vary the training seed
+data_version = 1  # the synthetic set's generator version (gflnb.synth.VERSIONS)
 
 # %% tags=["hide-input"]
 from gflnb import nbtools as nb
@@ -62,6 +63,7 @@ nb.check("overrides", overrides, dict)
 nb.check("device", device, str, lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda")
 nb.check("seed", seed, int)
 nb.check("data_seed", data_seed, int)
+nb.check("data_version", data_version, int)
 
 import json
 from pathlib import Path
@@ -80,7 +82,7 @@ from gflnb.train import TrainOptions, train
 
 viz.setup()
 if not train_ann:
-    ensure_dataset(data_root, num_train, num_val, seed=data_seed, progress=False)
+    ensure_dataset(data_root, num_train, num_val, seed=data_seed, progress=False, version=data_version)
     train_ann, train_images = (str(p) for p in dataset_paths(data_root, "train"))
     val_ann, val_images = (str(p) for p in dataset_paths(data_root, "val"))
 stats = ann_stats(train_ann)
