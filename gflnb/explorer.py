@@ -134,14 +134,18 @@ class Explorer:
         img = load_image(self.ds.records[self.index].path)
         f = OVERVIEW_WIDTH / img.shape[1]
         img = cv2.resize(img, (OVERVIEW_WIDTH, int(round(img.shape[0] * f))), interpolation=cv2.INTER_LINEAR)
-        for k, it in enumerate(self.items()):
-            b = (np.asarray(it["box"]) * f).round().astype(int)
-            sel = k == min(self.selected, len(self.items()) - 1)
-            col = (0, 215, 255) if sel else ((80, 220, 80) if self.mode == "predicted" else (255, 255, 255))
-            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), (0, 0, 0), 4 if sel else 3)
-            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), col, 2 if sel else 1)
-            cv2.putText(img, str(k), (b[0] + 3, b[1] + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3)
-            cv2.putText(img, str(k), (b[0] + 3, b[1] + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, col, 1)
+        items = self.items()
+        chosen = min(self.selected, len(items) - 1)
+        # the selected box last, so that it is drawn over the others
+        for k in [k for k in range(len(items)) if k != chosen] + ([chosen] if items else []):
+            b = (np.asarray(items[k]["box"]) * f).round().astype(int)
+            sel = k == chosen
+            col = (0, 215, 255) if sel else ((80, 220, 80) if self.mode == "predicted" else (255, 255, 255))  # BGR
+            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), (0, 0, 0), 5 if sel else 3)
+            cv2.rectangle(img, (b[0], b[1]), (b[2], b[3]), col, 3 if sel else 1)
+            org = (b[0] + 4, b[1] + 18)
+            cv2.putText(img, str(k), org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
+            cv2.putText(img, str(k), org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, col, 2 if sel else 1, cv2.LINE_AA)
         return img[..., ::-1]
 
     def detail_figure(self, size: float = 4.6) -> Figure:
