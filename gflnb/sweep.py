@@ -275,11 +275,11 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
-        from .synth import ensure_dataset
+        from .synth import LATEST_VERSION, ensure_dataset
         par = grid.parameters
         ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
                        par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
-                       version=par.get("data_version", 1))
+                       version=par.get("data_version", LATEST_VERSION))
     failed = 0
     lock = threading.Lock()
     bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,

@@ -44,6 +44,7 @@ OCCLUSION_MIN = 0.2
 VERSIONS = {1: "blur sigma 1.5-6 px on any object; occlusion only where objects happen to overlap",
             2: "blur sigma and occluders scaled with the object's size, so that an unclear edge spans "
                "several of its level's bins"}
+LATEST_VERSION = max(VERSIONS)  # what chapter 3 (data_version) and `gflnb synth` make by default
 # Version 2. The demo's ATSS anchors are 4 strides wide, so an object of side s = sqrt(w h) trains
 # at a stride of about s / 4: a sigma of 0.25 s is about one bin, and a blurred edge (+-2 sigma) spans
 # four. Version 1's sigmas (<= 6 px) are a fraction of a bin on every level but the first.

@@ -76,3 +76,18 @@ def test_versions_are_named_and_stamped(tmp_path):
     mtime = (tmp_path / "val" / "val_000000.jpg").stat().st_mtime_ns
     synth.ensure_dataset(tmp_path, 2, 1, seed=0, version=1)
     assert (tmp_path / "val" / "val_000000.jpg").stat().st_mtime_ns == mtime
+
+
+def test_every_default_is_the_latest_version():
+    """Chapter 3's data_version, the sweep's set-up and `gflnb synth` must make the same set, or two
+    side-by-side sweep points would regenerate one folder at once."""
+    import jupytext
+    from pathlib import Path
+    nb = jupytext.read(Path(__file__).resolve().parent.parent / "notebooks" / "03_training.py")
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    ns = {}
+    exec(params.source, ns)
+    assert ns["data_version"] == synth.LATEST_VERSION
+    from gflnb.cli import _parser
+    a = _parser().parse_args(["synth", "out"])
+    assert a.version is None  # resolved to LATEST_VERSION when run
