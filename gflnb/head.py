@@ -229,7 +229,7 @@ class GFLHead(nn.Module):
             weight_sum = reg.new_tensor(0.0)
 
         cls_losses = self.quality.loss(cls, box_reg, extra, labels, label_weights, positives, avg_factor)
-        norm = dist.reduce_mean(weight_sum.detach()).clamp(min=1).item()
+        norm = self.quality.box_norm(dist.reduce_mean(weight_sum.detach()).item())
         out = dict(loss_cls=cls_losses.pop("loss_cls"), loss_bbox=loss_bbox / norm, loss_dfl=loss_dfl / norm)
         out.update(cls_losses)  # loss_quality of a separate branch
         return out

@@ -171,6 +171,22 @@ def test_dgqp_module_layout_init_and_joint_score():
 
 
 # ----------------------------------------------------------------- box representations (Table 2a)
+def test_dgqp_quality_is_the_1x1_convs_and_normalises_box_losses_by_the_weights_sum():
+    torch.manual_seed(0)
+    q = DGQPQuality(reg_max=16)
+    for m in q.reg_conf:
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.5)
+            torch.nn.init.normal_(m.bias, std=0.5)
+    reg = torch.randn(7, 68)
+    conv = q.reg_conf(dgqp_features(reg, 16, 4)[:, :, None, None]).reshape(-1)  # GFocalV2's layout
+    close(q.quality(reg), conv, tol=1e-6)
+    # GFocalV2 divides the GIoU and DFL sums by the weights' sum itself; the reference GFL
+    # (mmdetection 3.3) by max(sum, 1)
+    assert q.box_norm(0.05) == 0.05 and q.box_norm(3.0) == 3.0 and q.box_norm(0.0) == 1.0
+    assert build_quality("qfl", feat_channels=8, reg_max=16).box_norm(0.05) == 1.0
+
+
 def test_dirac_decode_by_hand():
     c = DiracCoder()
     d = c.decode(torch.tensor([[1.0, 2.0, 3.0, -4.0]], dtype=D))
