@@ -269,6 +269,7 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     """Run every point not yet done, ``jobs`` at a time; returns counts and the table's path."""
     grid = load_grid(grid_file)
     points = grid.select(only, seeds)
+    every = grid.select()  # the table always covers the whole grid: --only reruns rows, never drops the rest
     todo = [p for p in points if _done(grid, p, command(grid, p)) is None]
     skipped = len(points) - len(todo)
     jobs = max(1, jobs or grid.jobs)
@@ -290,14 +291,14 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
             rec = fut.result()
             with lock:
                 failed += rec["status"] != "ok"
-                write_table(grid, points)  # after every point: a killed sweep leaves its table current
+                write_table(grid, every)  # after every point: a killed sweep leaves its table current
                 ap = rec.get("metrics", {}).get("AP")
                 bar.set_postfix_str(f"{rec['variant']} s{rec['seed']}: " +
                                     (f"AP {ap:.1f}" if rec["status"] == "ok" else "failed"))
                 bar.update(1)
     bar.close()
     summarized = add_background(grid, points)
-    table = write_table(grid, points)
+    table = write_table(grid, every)
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
                    wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT))
     _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))
