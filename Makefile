@@ -6,13 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gflnb-installed
 
-.PHONY: setup test book tools ablations clean
+.PHONY: setup test book tools ablations lab clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jupyter/overrides.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[notebooks,test]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PY) -m gflnb.lab install
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,6 +32,10 @@ book: $(STAMP) tools
 # rerun the whole ablation sweep (points already done are skipped) and rewrite experiments/ablations/
 ablations: $(STAMP)
 	$(PY) -m gflnb sweep experiments/ablations/grid.yaml
+
+# JupyterLab on notebooks/, where a double click opens a chapter as a notebook (gflnb/lab.py)
+lab: $(STAMP)
+	$(PY) -m gflnb.lab
 
 clean:
 	rm -rf book/_build book/notebooks notebooks/_executed

@@ -85,16 +85,50 @@ def predict_images(model: GFL, ds: CocoDetection, indices: Sequence[int], device
     return out
 
 
+def _best_match(iou: Tensor, scores: Tensor, iou_match: float) -> Optional[int]:
+    """The highest-scoring detection with IoU >= ``iou_match`` (``iou [D]``, same class only)."""
+    ok = (iou >= iou_match).nonzero().view(-1)
+    return None if not len(ok) else int(ok[scores[ok].argmax()])
+
+
+def object_view(model: GFL, ds: CocoDetection, ann_id: int, iou_match: float = 0.5, device: str = "cpu",
+                title: str = "") -> Optional[dict]:
+    """A gt object and the detection :func:`edge_table` matched to it, as the keyword arguments of
+    :func:`gflnb.viz.draw_edge_distributions` (None when no detection matches)."""
+    from torchvision.ops import box_iou
+
+    from .preprocess import load_image
+    ann = ds.coco.anns[int(ann_id)]
+    i = next(k for k, r in enumerate(ds.records) if r.img_id == ann["image_id"])
+    rec = ds.records[i]
+    g = list(rec.ann_ids).index(int(ann_id))
+    p = predict_images(model, ds, [i], device=device)[0]
+    if not len(p["boxes"]):
+        return None
+    iou = box_iou(torch.from_numpy(rec.boxes[g:g + 1]), p["boxes"])[0]
+    iou[p["labels"] != int(rec.labels[g])] = 0
+    d = _best_match(iou, p["scores"], iou_match)
+    if d is None:
+        return None
+    return dict(img_bgr=load_image(rec.path), box=p["boxes"][d].numpy(), dist=p["dists"][d].numpy(),
+                stride=float(p["strides"][d]), scale=p["meta"]["scale_factor"], gt=rec.boxes[g],
+                ambiguity=ann.get("edge_ambiguity"), title=title or f"object {ann_id}")
+
+
 def edge_table(model: GFL, ds: CocoDetection, max_images: Optional[int] = None, device: str = "cpu",
                iou_match: float = 0.5) -> pd.DataFrame:
     """One row per (matched gt, side): the learned distribution's spread against the edge's truth.
 
     Each gt is matched to the highest-scoring detection of its class with IoU >= ``iou_match``.
-    Columns: ``side``, ``entropy`` (nats), ``top1`` (mass of the largest bin), ``std_px`` (spread
-    in original-image pixels), ``abs_err_px`` (|predicted side - gt side|), ``score``, ``iou``, and
-    where the annotation has them, ``ambiguity``, ``blur``, ``occlusion``.
+    Columns: ``side``, ``entropy`` (nats), ``top1`` (mass of the largest bin), ``std_bins`` and
+    ``std_px`` (spread in bins and in original-image pixels), ``bin_px`` (one bin in original-image
+    pixels), ``bimodal``, ``abs_err_px`` (|predicted side - gt side|), ``score``, ``iou``, and where
+    the annotation has them, ``ambiguity``, ``blur`` (px), ``blur_bins``, ``occlusion`` and ``kind``
+    (:data:`gflnb.spread.EDGE_KINDS`).
     """
     from torchvision.ops import box_iou
+
+    from .spread import edge_kind, is_bimodal
     idx = list(range(len(ds) if max_images is None else min(max_images, len(ds))))
     preds = predict_images(model, ds, idx, device)
     rows = []
@@ -107,18 +141,18 @@ def edge_table(model: GFL, ds: CocoDetection, max_images: Optional[int] = None, 
         iou[torch.from_numpy(rec.labels)[:, None] != p["labels"][None, :]] = 0
         sf = p["meta"]["scale_factor"]
         for g in range(len(gts)):
-            ok = (iou[g] >= iou_match).nonzero().view(-1)
-            if not len(ok):
+            d = _best_match(iou[g], p["scores"], iou_match)
+            if d is None:
                 continue
-            d = ok[p["scores"][ok].argmax()]
             ann = ds.coco.anns[int(rec.ann_ids[g])]
             probs = p["dists"][d].numpy()  # [4, R+1]
             stride = float(p["strides"][d])
-            ent, top1, std = entropy(probs), probs.max(-1), dist_std(probs)
+            ent, top1, std, bimodal = entropy(probs), probs.max(-1), dist_std(probs), is_bimodal(probs)
             for k, side in enumerate(SIDES):
                 scale = sf[0] if k % 2 == 0 else sf[1]
                 row = dict(image_id=rec.img_id, ann_id=int(rec.ann_ids[g]), label=int(rec.labels[g]), side=side,
-                           entropy=float(ent[k]), top1=float(top1[k]), std_px=float(std[k] * stride / scale),
+                           entropy=float(ent[k]), top1=float(top1[k]), std_bins=float(std[k]),
+                           std_px=float(std[k] * stride / scale), bin_px=stride / scale, bimodal=bool(bimodal[k]),
                            abs_err_px=float(abs(p["boxes"][d, k] - gts[g, k])), score=float(p["scores"][d]),
                            iou=float(iou[g, d]), gt_size=float(min(gts[g, 2] - gts[g, 0], gts[g, 3] - gts[g, 1])))
                 for key, name in (("edge_ambiguity", "ambiguity"), ("edge_blur", "blur"),
@@ -126,7 +160,11 @@ def edge_table(model: GFL, ds: CocoDetection, max_images: Optional[int] = None, 
                     if key in ann:
                         row[name] = float(ann[key][k])
                 rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "blur" in table and "occlusion" in table:
+        table["blur_bins"] = table["blur"] / table["bin_px"]
+        table["kind"] = edge_kind(table["blur"], table["occlusion"])
+    return table
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:

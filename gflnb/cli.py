@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-train", type=int, default=1000)
     s.add_argument("--num-val", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--version", type=int, default=None,
+                   help="generator version (gflnb.synth.VERSIONS): 2 scales blur and occluders with the object "
+                        "(the book's set); 1 is the ablation sweep's")
 
     t = sub.add_parser("train", help="train a preset on COCO-format data")
     t.add_argument("--config", required=True)
@@ -83,7 +86,8 @@ def _overrides(items: Sequence[str]) -> dict:
 
 def _cmd_synth(a) -> None:
     from .synth import make_dataset
-    paths = make_dataset(a.out, a.num_train, a.num_val, a.seed)
+    from .synth import LATEST_VERSION
+    paths = make_dataset(a.out, a.num_train, a.num_val, a.seed, version=a.version or LATEST_VERSION)
     for split, path in paths.items():
         print(f"{split}: {path}")
 

@@ -12,6 +12,12 @@ gflnb`` sets them (before importing torch itself), and child processes (papermil
 torchrun workers, DataLoader workers) inherit them. A variable the user set is left as it is.
 OpenCV, which decodes and resizes the images, is not pinned: its AVX-512 and AVX2 paths gave
 byte-identical synthetic images and training batches.
+
+The number of threads changes the numbers too: oneDNN splits a convolution's work, and so orders
+its sums, by thread count (the demo's first training loss differs in the 6th digit between 1 and 2
+threads, and 20 steps later in the 3rd). So torch runs PORTABLE_THREADS threads (this project's
+machines have 2 cores) unless ``OMP_NUM_THREADS`` is set, or ``GFLNB_THREADS=N`` asks for N
+(``GFLNB_THREADS=0``: torch's default, all cores, and that machine's own numbers).
 """
 from __future__ import annotations
 
@@ -21,17 +27,29 @@ import platform
 PORTABLE_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
                 "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 NATIVE_VARIABLE = "GFLNB_NATIVE_ISA"
+PORTABLE_THREADS = 2
+THREADS_VARIABLE = "GFLNB_THREADS"
 
 
 def wants_native() -> bool:
     return os.environ.get(NATIVE_VARIABLE, "0") not in ("", "0")
 
 
+def threads() -> int:
+    """The torch thread count gflnb asks for (0: torch's own choice)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return int(os.environ.get(THREADS_VARIABLE, PORTABLE_THREADS))
+
+
 def apply() -> dict[str, str]:
-    """Put the portable kernel choice into ``os.environ`` (x86-64 only); returns what it set."""
-    if wants_native() or platform.machine().lower() not in ("x86_64", "amd64"):
-        return {}
-    set_now = {k: v for k, v in PORTABLE_ISA.items() if k not in os.environ}
+    """Put the portable kernel choice (x86-64 only) and thread count into ``os.environ``; returns
+    what it set."""
+    set_now = {}
+    if "OMP_NUM_THREADS" not in os.environ and threads() > 0:
+        set_now["OMP_NUM_THREADS"] = str(threads())
+    if not wants_native() and platform.machine().lower() in ("x86_64", "amd64"):
+        set_now.update({k: v for k, v in PORTABLE_ISA.items() if k not in os.environ})
     os.environ.update(set_now)
     return set_now
 
@@ -41,6 +59,9 @@ def check() -> None:
     import warnings
 
     import torch
+    n = threads()
+    if n > 0 and torch.get_num_threads() != n:  # torch was imported first, and sized its pool by itself
+        torch.set_num_threads(n)
     want = os.environ.get("ATEN_CPU_CAPABILITY")
     if want and not wants_native() and torch.backends.cpu.get_cpu_capability().lower() != want.lower():
         warnings.warn(f"torch runs {torch.backends.cpu.get_cpu_capability()} kernels, not the portable "

@@ -269,17 +269,18 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     """Run every point not yet done, ``jobs`` at a time; returns counts and the table's path."""
     grid = load_grid(grid_file)
     points = grid.select(only, seeds)
+    every = grid.select()  # the table always covers the whole grid: --only reruns rows, never drops the rest
     todo = [p for p in points if _done(grid, p, command(grid, p)) is None]
     skipped = len(points) - len(todo)
     jobs = max(1, jobs or grid.jobs)
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
-        from .synth import ensure_dataset
+        from .synth import LATEST_VERSION, ensure_dataset
         par = grid.parameters
         ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
                        par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
-                       version=par.get("data_version", 1))
+                       version=par.get("data_version", LATEST_VERSION))
     failed = 0
     lock = threading.Lock()
     bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,
@@ -290,14 +291,14 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
             rec = fut.result()
             with lock:
                 failed += rec["status"] != "ok"
-                write_table(grid, points)  # after every point: a killed sweep leaves its table current
+                write_table(grid, every)  # after every point: a killed sweep leaves its table current
                 ap = rec.get("metrics", {}).get("AP")
                 bar.set_postfix_str(f"{rec['variant']} s{rec['seed']}: " +
                                     (f"AP {ap:.1f}" if rec["status"] == "ok" else "failed"))
                 bar.update(1)
     bar.close()
     summarized = add_background(grid, points)
-    table = write_table(grid, points)
+    table = write_table(grid, every)
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
                    wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT))
     _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))

@@ -6,14 +6,21 @@ overlaps. Each object edge (left, top, right, bottom) is made deliberately clear
 * **sharp**: the shape's edge is crisp;
 * **blurred**: the edge fades over a known Gaussian radius ``sigma`` px (a one-sided blur: only
   that side of the object is softened);
-* **occluded**: a later object covers part of that edge.
+* **occluded**: something drawn later covers part of that edge.
 
 Every annotation records, per side, ``edge_blur`` (sigma in px), ``edge_occlusion`` (fraction of
-the edge hidden) and ``edge_ambiguity`` in [0, 1] (the larger of ``sigma / MAX_BLUR`` and the
-occluded fraction). pycocotools ignores these extra fields; the notebooks use them to test the
-paper's claim that DFL learns flat distributions on ambiguous edges and sharp ones on clear edges.
+the edge hidden) and ``edge_ambiguity`` in [0, 1] (the larger of the blur, against the largest
+sigma the version draws, and the occluded fraction). pycocotools ignores these extra fields; the
+notebooks use them to test the paper's claim that DFL learns flat distributions on ambiguous edges
+and sharp ones on clear edges.
 
-Everything is a function of the seed, so a set can be regenerated bit for bit.
+Two generator versions (``VERSIONS``). Version 1: sigma 1.5-6 px whatever the object's size, and
+occlusion only where objects happen to overlap; against bins of 8-32 px that is a fraction of a bin
+on most levels. Version 2 (the book's): sigma and deliberate occluders (unannotated blobs straddling
+an edge) grow with the object, so that an unclear edge is unclear by about the same number of bins
+on every FPN level. Version 1 is kept bit for bit: the ablation sweep's records were made on it.
+
+Everything is a function of (version, counts, seed), so a set can be regenerated bit for bit.
 """
 from __future__ import annotations
 
@@ -34,7 +41,21 @@ OBJ_SIDE = (12, 240)
 # A side counts as occluded when this fraction of its boundary strip is covered.
 OCCLUSION_MIN = 0.2
 # Generator versions. A set is a function of (version, counts, seed); experiments name their version.
-VERSIONS = {1: "blur sigma 1.5-6 px on any object; occlusion only where objects happen to overlap"}
+VERSIONS = {1: "blur sigma 1.5-6 px on any object; occlusion only where objects happen to overlap",
+            2: "blur sigma and occluders scaled with the object's size, so that an unclear edge spans "
+               "several of its level's bins"}
+LATEST_VERSION = max(VERSIONS)  # what chapter 3 (data_version) and `gflnb synth` make by default
+# Version 2. The demo's ATSS anchors are 4 strides wide, so an object of side s = sqrt(w h) trains
+# at a stride of about s / 4: a sigma of 0.25 s is about one bin, and a blurred edge (+-2 sigma) spans
+# four. Version 1's sigmas (<= 6 px) are a fraction of a bin on every level but the first.
+BLUR_REL = (0.05, 0.25)  # per-side blur sigma, as a fraction of s
+# Per side. Version 1's 0.35 left 18% of objects with four unblurred sides; with version 2's wider
+# blur and its occluders that made 7% of objects clear (AP 19.1 after 12 epochs), too few to compare
+# clear edges against unclear ones.
+BLUR_PROB_V2 = 0.2
+OCCLUDER_PROB = 0.15  # per side: an unannotated blob straddles that edge
+OCCLUDER_LENGTH = (0.4, 1.0)  # the share of the edge's length it covers
+OCCLUDER_DEPTH = (0.1, 0.3)  # how far it reaches to each side of the edge, as a fraction of s
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -120,7 +141,8 @@ def _check_version(version: int) -> None:
 
 
 def render_image(rng: np.random.Generator, blur_prob: float = 0.35, version: int = 1) -> tuple[np.ndarray, list[dict]]:
-    """One image (BGR uint8) and its objects (box xyxy in px, class, per-side ambiguity)."""
+    """One image (BGR uint8) and its objects (box xyxy in px, class, per-side ambiguity); ``blur_prob``
+    is version 1's per-side blur probability (version 2: ``BLUR_PROB_V2``)."""
     _check_version(version)
     h, w = (int(v) for v in rng.integers(IMG_SIDE[0], IMG_SIDE[1] + 1, size=2))
     img = _background(rng, h, w)
@@ -139,15 +161,22 @@ def render_image(rng: np.random.Generator, blur_prob: float = 0.35, version: int
         if len(xs) == 0:
             continue
         box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        sig = [float(rng.uniform(1.5, MAX_BLUR)) if rng.uniform() < blur_prob else 0.0 for _ in range(4)]
+        if version == 1:
+            sig = [float(rng.uniform(1.5, MAX_BLUR)) if rng.uniform() < blur_prob else 0.0 for _ in range(4)]
+        else:
+            s = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
+            sig = [float(rng.uniform(*BLUR_REL) * s) if rng.uniform() < BLUR_PROB_V2 else 0.0 for _ in range(4)]
         alpha = _one_sided_blur(mask.astype(np.float32), sig, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         tex = _texture(rng, h, w)
         img = img * (1 - alpha[..., None]) + tex * alpha[..., None]
         objs.append(dict(cls=cls, box=box, blur=sig))
         masks.append(mask)
+    if version >= 2:
+        img, occluders = _occluders(rng, img, objs)
+        masks += occluders  # drawn last: they hide the edges of every object beneath them
     # occlusion: the fraction of each side's boundary strip covered by objects drawn later
     for i, o in enumerate(objs):
-        later = np.zeros_like(masks[i])
+        later = np.zeros_like(masks[i])  # objects drawn after this one, and the occluders
         for m in masks[i + 1:]:
             later |= m
         x0, y0, x1, y1 = (int(v) for v in o["box"])
@@ -166,8 +195,66 @@ def render_image(rng: np.random.Generator, blur_prob: float = 0.35, version: int
     return img, objs
 
 
-def ambiguity(blur: list[float], occlusion: list[float]) -> list[float]:
-    return [round(max(min(b / MAX_BLUR, 1.0), o if o >= OCCLUSION_MIN else 0.0), 4) for b, o in zip(blur, occlusion)]
+def _blob(rng: np.random.Generator, h: int, w: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """An irregular mask (a union of discs) filling most of the box [x0, x1] x [y0, y1]: a shape
+    no class has, so that an occluder is never mistaken for an unannotated object."""
+    m = np.zeros((h, w), np.uint8)
+    bw, bh = max(x1 - x0, 2.0), max(y1 - y0, 2.0)
+    r = 0.5 * min(bw, bh)
+    # discs along the long axis, each jittered, cover the box with a lumpy outline
+    n = max(2, int(math.ceil(max(bw, bh) / max(r, 1.0))) + 1)
+    for t in np.linspace(0, 1, n):
+        cx = x0 + (t * bw if bw >= bh else bw / 2) + rng.uniform(-0.15, 0.15) * r
+        cy = y0 + (t * bh if bh > bw else bh / 2) + rng.uniform(-0.15, 0.15) * r
+        cv2.circle(m, (int(round(cx)), int(round(cy))), max(1, int(round(r * rng.uniform(0.85, 1.1)))), 1, -1)
+    m[:, : max(int(x0), 0)] = 0
+    m[:, int(math.ceil(x1)) + 1:] = 0
+    m[: max(int(y0), 0)] = 0
+    m[int(math.ceil(y1)) + 1:] = 0
+    return m
+
+
+def _occluders(rng: np.random.Generator, img: np.ndarray, objs: list[dict]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Version 2: per side, with OCCLUDER_PROB, a textured blob straddling that edge, sized with the
+    object. Returns the image and the blobs' masks."""
+    h, w = img.shape[:2]
+    masks = []
+    for o in objs:
+        x0, y0, x1, y1 = o["box"]
+        s = math.sqrt((x1 - x0) * (y1 - y0))
+        for side in range(4):
+            if rng.uniform() >= OCCLUDER_PROB:
+                continue
+            frac, depth = rng.uniform(*OCCLUDER_LENGTH), rng.uniform(*OCCLUDER_DEPTH) * s
+            if side in (0, 2):  # a vertical edge: the blob spans part of its height
+                length = frac * (y1 - y0)
+                a = y0 + rng.uniform(0, (y1 - y0) - length)
+                e = x0 if side == 0 else x1
+                box = (e - depth, a, e + depth, a + length)
+            else:
+                length = frac * (x1 - x0)
+                a = x0 + rng.uniform(0, (x1 - x0) - length)
+                e = y0 if side == 1 else y1
+                box = (a, e - depth, a + length, e + depth)
+            m = _blob(rng, h, w, *box)
+            alpha = m.astype(np.float32)[..., None]
+            img = img * (1 - alpha) + _texture(rng, h, w) * alpha
+            masks.append(m)
+    return img, masks
+
+
+def ambiguity(blur: list[float], occlusion: list[float], box: Optional[list[float]] = None,
+              version: int = 1) -> list[float]:
+    """Per side in [0, 1]: the larger of the blur (version 1: sigma / MAX_BLUR; version 2: sigma
+    against the largest relative sigma, BLUR_REL[1] s) and the occluded fraction (when at least
+    OCCLUSION_MIN)."""
+    if version == 1:
+        ref = [MAX_BLUR] * 4
+    else:
+        s = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
+        ref = [BLUR_REL[1] * s] * 4
+    return [round(max(min(b / r, 1.0), o if o >= OCCLUSION_MIN else 0.0), 4)
+            for b, o, r in zip(blur, occlusion, ref)]
 
 
 def write_split(out: Path, split: str, num: int, seed: int, progress: bool = True, version: int = 1) -> Path:
@@ -190,13 +277,13 @@ def write_split(out: Path, split: str, num: int, seed: int, progress: bool = Tru
                              bbox=[x0, y0, x1 - x0, y1 - y0], area=o["area"], iscrowd=0,
                              edge_blur=[round(b, 3) for b in o["blur"]],
                              edge_occlusion=[round(v, 3) for v in o["occlusion"]],
-                             edge_ambiguity=ambiguity(o["blur"], o["occlusion"])))
+                             edge_ambiguity=ambiguity(o["blur"], o["occlusion"], o["box"], version)))
     cats = [dict(id=c, name=n, supercategory="shape") for c, n in zip(CATEGORY_IDS, CLASSES)]
     ann_dir = out / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
     path = ann_dir / f"instances_{split}.json"
-    info = dict(description="gflnb synthetic shapes with controlled boundary ambiguity", seed=seed,
-                version=version, max_blur=MAX_BLUR)
+    info = dict(description="gflnb synthetic shapes with controlled boundary ambiguity", seed=seed, version=version,
+                **(dict(max_blur=MAX_BLUR) if version == 1 else dict(blur_rel=BLUR_REL, occluder_prob=OCCLUDER_PROB)))
     path.write_text(json.dumps(dict(info=info, images=images, annotations=anns, categories=cats)))
     return path
 

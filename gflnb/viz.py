@@ -203,41 +203,132 @@ def plot_calibration(score: np.ndarray, iou: np.ndarray, bins: int = 10):
 
 
 # ------------------------------------------------------------------ chapter 5: learned distributions
-def draw_box_distribution(ax, img_bgr: np.ndarray, box: np.ndarray, dist: np.ndarray, stride: float,
-                          scale: Sequence[float] = (1.0, 1.0), color=None, label: str = ""):
-    """A box with each side's distribution drawn as a density profile across that side.
+def side_support(box: np.ndarray, dist: np.ndarray, stride: float, scale: Sequence[float] = (1.0, 1.0),
+                 mass: float = 0.95) -> tuple[list[np.ndarray], np.ndarray]:
+    """Where each side's distribution puts that side, in original-image pixels.
 
-    ``dist [4, R+1]`` over distances (stride units) from the anchor centre; the profile shows where
-    the model believes the edge is: narrow for a clear edge, spread for an ambiguous one.
+    ``box [4]`` (x1, y1, x2, y2) is the predicted box, which the Integral places at each
+    distribution's mean; ``dist [4, R+1]`` is over distances (in strides) from the anchor point.
+    Returns per side the image coordinate of every bin ``[R+1]``, and ``[4, 2]`` the span holding
+    ``mass`` of each distribution (the crop must cover it).
     """
-    color = color or PALETTE[0]
-    ax.imshow(img_bgr[..., ::-1])
-    x1, y1, x2, y2 = box
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=1.5))
     bins = np.arange(dist.shape[1])
+    coords, spans = [], []
     for k in range(4):
-        p = dist[k]
+        p = dist[k] / dist[k].sum()
         s = stride / (scale[0] if k % 2 == 0 else scale[1])
-        offs = (bins - (p * bins).sum()) * s  # bin positions relative to the expected edge, pixels
-        height = p / p.max() * 0.25 * min(x2 - x1, y2 - y1)
-        if k == 0:
-            ax.fill_between(x1 - offs, cy, cy - height, color=color, alpha=0.5)
-        elif k == 2:
-            ax.fill_between(x2 + offs, cy, cy - height, color=color, alpha=0.5)
-        elif k == 1:
-            ax.fill_betweenx(y1 - offs, cx, cx + height, color=color, alpha=0.5)
+        # distance from the anchor grows outwards: to the left of x1, above y1, right of x2, below y2
+        sign = -1.0 if k < 2 else 1.0
+        x = box[k] + sign * (bins - (p * bins).sum()) * s
+        coords.append(x)
+        c = np.cumsum(p)
+        lo, hi = int(np.searchsorted(c, (1 - mass) / 2)), int(np.searchsorted(c, 1 - (1 - mass) / 2))
+        spans.append(sorted((x[min(lo, len(x) - 1)], x[min(hi, len(x) - 1)])))
+    return coords, np.asarray(spans)
+
+
+SIDE_COLORS = {"left": PALETTE[0], "right": PALETTE[1], "top": PALETTE[2], "bottom": PALETTE[4]}
+
+
+def draw_edge_distributions(fig, cell, img_bgr: np.ndarray, box: np.ndarray, dist: np.ndarray, stride: float,
+                            scale: Sequence[float] = (1.0, 1.0), gt: Optional[np.ndarray] = None,
+                            ambiguity: Optional[Sequence[float]] = None, title: str = "", margin: float = 0.25):
+    """One detection, the way the paper's Fig. 3 and 13 read: a crop around the box, and beside it
+    each side's distribution as a filled density profile on the crop's own axis.
+
+    The left and right sides' distributions (over x) lie above the crop, the top and bottom sides'
+    (over y) to its right, so each density shares its coordinate with the edge it places. Solid
+    lines: the predicted edges; dashed: the gt edges. ``cell`` is a SubplotSpec of ``fig``.
+    Returns the crop's axes.
+    """
+    h, w = img_bgr.shape[:2]
+    coords, spans = side_support(box, dist, stride, scale)
+    boxes = [box] + ([gt] if gt is not None else [])
+    x_lo = min([spans[0][0], spans[2][0]] + [b[0] for b in boxes])
+    x_hi = max([spans[0][1], spans[2][1]] + [b[2] for b in boxes])
+    y_lo = min([spans[1][0], spans[3][0]] + [b[1] for b in boxes])
+    y_hi = max([spans[1][1], spans[3][1]] + [b[3] for b in boxes])
+    # a square crop (the cell is square, so pixels stay square although the axes' aspect is free,
+    # which the marginals need to line up) around the support, with context; beyond the image: grey
+    half = (1 + 2 * margin) * max(x_hi - x_lo, y_hi - y_lo, 8.0) / 2
+    cx, cy = (x_lo + x_hi) / 2, (y_lo + y_hi) / 2
+    x0, x1, y0, y1 = cx - half, cx + half, cy - half, cy + half
+    gs = cell.subgridspec(2, 2, width_ratios=(4, 1.2), height_ratios=(1.2, 4), wspace=0.03, hspace=0.03)
+    ax = fig.add_subplot(gs[1, 0])
+    ax_x = fig.add_subplot(gs[0, 0], sharex=ax)
+    ax_y = fig.add_subplot(gs[1, 1], sharey=ax)
+    ax_key = fig.add_subplot(gs[0, 1])
+    ax_key.set_axis_off()
+    ax.set_facecolor("0.85")
+    ax.imshow(img_bgr[..., ::-1], extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest", aspect="auto")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)
+    amb = list(ambiguity) if ambiguity is not None else [None] * 4
+    for k, side in enumerate(SIDES):
+        col = SIDE_COLORS[side]
+        p = dist[k] / dist[k].sum()
+        label = side if amb[k] is None else f"{side}: {amb[k]:.2f}"
+        # one bin is `stride` pixels wide, so P / bin width is a density in 1/px and the four
+        # profiles of one detection share a scale
+        dens = p / (stride / (scale[0] if k % 2 == 0 else scale[1]))
+        horizontal = k % 2 == 0
+        target = ax_x if horizontal else ax_y
+        if horizontal:
+            target.fill_between(coords[k], dens, color=col, alpha=0.45, lw=0)
+            target.plot(coords[k], dens, color=col, lw=1.2, label=label)
         else:
-            ax.fill_betweenx(y2 + offs, cx, cx + height, color=color, alpha=0.5)
-    ax.set_axis_off()
-    if label:
-        ax.set_title(label, fontsize=8)
+            target.fill_betweenx(coords[k], dens, color=col, alpha=0.45, lw=0)
+            target.plot(dens, coords[k], color=col, lw=1.2, label=label)
+        guide = target.axvline if horizontal else target.axhline
+        # the edge itself, drawn along the box's extent; a faint guide joins it to its density
+        for b, ls, lw in [(box, "-", 2.0)] + ([(gt, (0, (3, 2)), 1.6)] if gt is not None else []):
+            if horizontal:
+                ax.plot([b[k], b[k]], [b[1], b[3]], color=col, ls=ls, lw=lw, solid_capstyle="butt")
+                ax.axvline(b[k], color=col, ls=ls, lw=0.7, alpha=0.45)
+            else:
+                ax.plot([b[0], b[2]], [b[k], b[k]], color=col, ls=ls, lw=lw, solid_capstyle="butt")
+                ax.axhline(b[k], color=col, ls=ls, lw=0.7, alpha=0.45)
+            guide(b[k], color=col, ls=ls, lw=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for a in (ax_x, ax_y):
+        a.tick_params(labelbottom=False, labelleft=False, length=0)
+        a.grid(False)
+        for sp in a.spines.values():
+            sp.set_visible(False)
+    ax_x.set_ylim(bottom=0)
+    ax_y.set_xlim(left=0)
+    handles = ax_x.get_legend_handles_labels()[0] + ax_y.get_legend_handles_labels()[0]
+    labels = ax_x.get_legend_handles_labels()[1] + ax_y.get_legend_handles_labels()[1]
+    ax_key.legend(handles, labels, loc="center", fontsize=8, frameon=False, handlelength=1.0,
+                  title="ambiguity" if ambiguity is not None else None, title_fontsize=8, borderaxespad=0)
+    if title:
+        ax_x.set_title(title, fontsize=10, loc="left")
+    return ax
+
+
+def plot_distribution_gallery(items: Sequence[dict], cols: int = 2, width: float = 9.0):
+    """:func:`draw_edge_distributions` for several detections. Each item holds ``img``, ``box``,
+    ``dist``, ``stride``, ``scale`` and optionally ``gt``, ``ambiguity``, ``title``."""
+    rows = int(np.ceil(len(items) / cols))
+    cell_w = width / cols
+    height = rows * cell_w + 0.5
+    fig = plt.figure(figsize=(width, height))
+    outer = fig.add_gridspec(rows, cols, wspace=0.1, hspace=0.14, top=1.0, bottom=0.5 / height)
+    for n, it in enumerate(items):
+        draw_edge_distributions(fig, outer[n // cols, n % cols], it["img"], it["box"], it["dist"], it["stride"],
+                                it.get("scale", (1.0, 1.0)), it.get("gt"), it.get("ambiguity"), it.get("title", ""))
+    handles = [plt.Line2D([], [], color="0.2", lw=1.8), plt.Line2D([], [], color="0.2", lw=1.4, ls=(0, (3, 2)))]
+    fig.legend(handles, ["predicted edge (its distribution's mean)", "gt edge"], loc="lower center", ncol=2,
+               fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    return fig
 
 
 def plot_side_profiles(dists: np.ndarray, titles: Sequence[str], ambiguity: Optional[np.ndarray] = None):
-    """Per-side bar profiles of several detections: rows are detections, columns sides."""
+    """Per-side bar profiles of several detections: rows are detections, columns sides. Sides with
+    a recorded ambiguity above zero are red."""
     n = len(dists)
-    fig, axes = plt.subplots(n, 4, figsize=(11, 1.7 * n), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(n, 4, figsize=(9, 1.5 * n + 0.4), sharex=True, squeeze=False)
     bins = np.arange(dists.shape[-1])
     for i in range(n):
         for k in range(4):
@@ -246,34 +337,91 @@ def plot_side_profiles(dists: np.ndarray, titles: Sequence[str], ambiguity: Opti
             col = PALETTE[3] if a is not None and a > 0 else PALETTE[0]
             ax.bar(bins, dists[i, k], color=col, width=0.85)
             ax.set_ylim(0, 1)
+            ax.tick_params(labelsize=8)
             if i == 0:
-                ax.set_title(SIDES[k])
+                ax.set_title(SIDES[k], fontsize=10)
             if a is not None:
-                ax.text(0.98, 0.9, f"ambiguity {a:.2f}", transform=ax.transAxes, ha="right", fontsize=7)
-        axes[i, 0].set_ylabel(titles[i], fontsize=7)
+                ax.text(0.98, 0.86, f"ambiguity {a:.2f}", transform=ax.transAxes, ha="right", fontsize=8)
+        axes[i, 0].set_ylabel(titles[i], fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("bin (strides from the anchor)", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_spread_vs_truth(edges: pd.DataFrame, spread: str = "entropy"):
-    """Spread of each side's distribution against the edge's recorded ambiguity and the actual error."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-    if "ambiguity" in edges:
-        kind = np.where(edges["blur"] > 0, "blurred", np.where(edges["occlusion"] >= 0.2, "occluded", "clear"))
-        e = edges.assign(edge=kind)
-        sns.boxplot(data=e, x="edge", y=spread, order=["clear", "blurred", "occluded"], ax=axes[0],
-                    hue="edge", palette="colorblind", legend=False)
-        c = correlation(edges["ambiguity"], edges[spread])
-        axes[0].set(title=f"{spread} by edge kind\nr(ambiguity, {spread}) = {c['pearson']:.2f} (n={c['n']})")
-        blurred = edges[edges["blur"] > 0]
-        cb = correlation(blurred["blur"], blurred["std_px"])
-        axes[1].scatter(blurred["blur"], blurred["std_px"], s=8, alpha=0.5, color=PALETTE[1])
-        axes[1].set(xlabel="blur sigma of the edge (px)", ylabel="distribution std (px)",
-                    title=f"blurred edges: r = {cb['pearson']:.2f} (n={cb['n']})")
-    ce = correlation(edges["abs_err_px"], edges[spread])
-    axes[2].scatter(edges[spread], edges["abs_err_px"], s=6, alpha=0.4, color=PALETTE[2])
-    axes[2].set(xlabel=spread, ylabel="|predicted side - gt side| (px)", yscale="symlog",
-                title=f"spread vs localisation error: r = {ce['pearson']:.2f}")
+def _pointrange(ax, x: Sequence, est: Sequence[float], lo: Sequence[float], hi: Sequence[float], color, label=None):
+    est, lo, hi = (np.asarray(v, float) for v in (est, lo, hi))
+    ax.errorbar(x, est, yerr=[est - lo, hi - est], fmt="o", color=color, capsize=4, lw=1.6, ms=6, label=label)
+
+
+KIND_COLORS = {"clear": PALETTE[0], "blurred": PALETTE[1], "occluded": PALETTE[2], "blurred+occluded": PALETTE[4]}
+
+
+def plot_spread_by_kind(kinds: pd.DataFrame):
+    """Mean entropy, std (bins) and bimodal share per edge kind, with 95% intervals over objects
+    (the table of :func:`gflnb.spread.by_kind`)."""
+    cols = [("entropy", "entropy (nats)"), ("std_bins", "std (bins)"), ("bimodal", "bimodal share")]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    x = np.arange(len(kinds))
+    for ax, (col, name) in zip(axes, cols):
+        for i, (kind, r) in enumerate(kinds.iterrows()):
+            _pointrange(ax, [i], [r[col]], [r[f"{col}_lo"]], [r[f"{col}_hi"]], KIND_COLORS.get(kind, "0.3"))
+        ax.set_xticks(x, [k.replace("+", "+\n") for k in kinds.index], fontsize=9)
+        ax.set_title(name, fontsize=11)
+        ax.tick_params(axis="y", labelsize=10)
+        ax.set_xlim(-0.5, len(kinds) - 0.5)
+    fig.suptitle("spread of the learned distributions by edge kind (95% intervals, bootstrap over objects)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _binned(edges: pd.DataFrame, x: str, y: str, bins: Sequence[float], n_boot: int, seed: int):
+    from .spread import boot_mean
+    cut = pd.cut(edges[x], bins, include_lowest=True)
+    rows = []
+    for interval, d in edges.groupby(cut, observed=True):
+        if len(d) >= 5:
+            est, lo, hi = boot_mean(d, y, n_boot=n_boot, seed=seed)
+            rows.append((interval.mid, est, lo, hi, len(d)))
+    return pd.DataFrame(rows, columns=["x", "est", "lo", "hi", "n"])
+
+
+def plot_spread_vs_truth(edges: pd.DataFrame, n_boot: int = 2000, seed: int = 0):
+    """Binned means with 95% intervals (bootstrap over objects): entropy against the edge's recorded
+    ambiguity; for blurred edges, the distribution's std against the blur sigma, both in bins; and
+    the actual |error| against the entropy."""
+    from .spread import boot_pearson
+    has_truth = "ambiguity" in edges
+    fig, axes = plt.subplots(1, 3 if has_truth else 1, figsize=(10, 3.7) if has_truth else (4.2, 3.7), squeeze=False)
+    axes = axes[0]
+    if has_truth:
+        b = _binned(edges, "ambiguity", "entropy", [0, 0.001, 0.25, 0.5, 0.75, 1.0], n_boot, seed)
+        _pointrange(axes[0], b["x"], b["est"], b["lo"], b["hi"], PALETTE[0])
+        r = boot_pearson(edges, "ambiguity", "entropy", n_boot=n_boot, seed=seed)
+        axes[0].set(xlabel="recorded ambiguity", ylabel="mean entropy (nats)",
+                    title=f"r = {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]")
+        bl = edges[edges["blur"] > 0]
+        if len(bl) >= 10:
+            q = np.unique(np.quantile(bl["blur_bins"], np.linspace(0, 1, 7)))
+            b = _binned(bl, "blur_bins", "std_bins", q, n_boot, seed)
+            _pointrange(axes[1], b["x"], b["est"], b["lo"], b["hi"], PALETTE[1])
+            r = boot_pearson(bl, "blur_bins", "std_bins", n_boot=n_boot, seed=seed)
+            axes[1].set(title=f"blurred: r = {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]")
+        axes[1].set(xlabel="blur sigma (bins)", ylabel="mean std (bins)")
+    ax = axes[-1]
+    q = np.unique(np.quantile(edges["entropy"], np.linspace(0, 1, 9)))
+    e = edges.assign(err_bins=edges["abs_err_px"] / edges["bin_px"])
+    b = _binned(e, "entropy", "err_bins", q, n_boot, seed)
+    _pointrange(ax, b["x"], b["est"], b["lo"], b["hi"], PALETTE[2])
+    r = boot_pearson(edges, "entropy", "abs_err_px", n_boot=n_boot, seed=seed)
+    ax.set(xlabel="entropy (nats)", ylabel="mean |predicted - gt edge| (bins)",
+           title=f"r(entropy, |error|) = {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]")
+    for a in axes:
+        a.title.set_fontsize(11)
+        a.xaxis.label.set_fontsize(11)
+        a.yaxis.label.set_fontsize(11)
+        a.tick_params(labelsize=10)
     fig.tight_layout()
     return fig
 
@@ -372,3 +520,10 @@ def plot_background(pooled: dict[str, dict], labels: dict[str, str], bg_iou: flo
         fig.colorbar(im, ax=ax, label="anchors")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ the explorer (gflnb.explorer)
+def explore(model, dataset, **kwargs):
+    """:func:`gflnb.explorer.explore`: the interactive distribution explorer (ipywidgets)."""
+    from .explorer import explore as _explore
+    return _explore(model, dataset, **kwargs)

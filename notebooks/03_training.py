@@ -34,7 +34,7 @@
 
 # %% tags=["parameters"]
 config = "gfl_cpu_demo"  # a preset name (see gflnb.PRESETS)
-data_root = "../data/synth"  # synthetic set location (generated when missing)
+data_root = ""  # synthetic set location (generated when missing); empty: ../data/synth_v{data_version}
 num_train = 1000  # synthetic training images (used when train_ann is empty)
 num_val = 200  # synthetic validation images
 train_ann = ""  # COCO-format annotations; empty: the synthetic set
@@ -48,7 +48,7 @@ work_dir = "../runs/chapter3"  # checkpoints, log.jsonl and metrics.json land he
 device = "auto"
 seed = 0  # the training seed (initial weights, batch order, augmentation)
 data_seed = 0  # the synthetic set's seed: fixed while sweeps vary the training seed
-data_version = 1  # the synthetic set's generator version (gflnb.synth.VERSIONS)
+data_version = 2  # the synthetic set's generator version (gflnb.synth.VERSIONS; 1: the ablation sweep's)
 
 # %% tags=["hide-input"]
 from gflnb import nbtools as nb
@@ -82,6 +82,7 @@ from gflnb.train import TrainOptions, train
 
 viz.setup()
 if not train_ann:
+    data_root = data_root or f"../data/synth_v{data_version}"
     ensure_dataset(data_root, num_train, num_val, seed=data_seed, progress=False, version=data_version)
     train_ann, train_images = (str(p) for p in dataset_paths(data_root, "train"))
     val_ann, val_images = (str(p) for p in dataset_paths(data_root, "val"))
@@ -108,7 +109,8 @@ print({k: getattr(cfg, k) for k in show})
 # ## Some training images
 #
 # Dashed boxes are the annotations. Edges are sharp, blurred by a known radius, or occluded; the
-# annotation file records which (chapter 5 uses this).
+# annotation file records which (chapter 5 uses this). In the set's version 2 the blur radius and the
+# occluders grow with the object, so that an unclear edge is unclear at its own level's scale.
 
 # %%
 ds = CocoDetection(train_ann, train_images, cfg, train=False)

@@ -28,8 +28,8 @@
 # %% tags=["parameters"]
 checkpoint = "../runs/chapter3/latest.pth"  # a gflnb checkpoint, or an mmdetection model-zoo file
 config = ""  # a preset name; empty: the config stored in a gflnb checkpoint
-ann = "../data/synth/annotations/instances_val.json"
-images = "../data/synth/val"
+ann = "../data/synth_v2/annotations/instances_val.json"
+images = "../data/synth_v2/val"
 seed_preset = "gfl_r50_fpn_1x_coco"  # the seed-table row to show beside the result
 max_images = 0  # 0: all images
 score_thr = 0.05  # test-time score threshold (the reference's 0.05)

@@ -15,24 +15,29 @@
 # # Learned box distributions
 #
 # GFL's second claim: the general distribution a trained model outputs for each side is **sharp
-# where the edge is clear and flat where it is ambiguous** (the paper's Fig. 5, on COCO images with
-# occluded or blurred objects). On COCO one can only eyeball this. The synthetic set records, for
-# every edge, how ambiguous it is by construction (a known blur radius, or the occluded fraction),
-# so here it can be *measured*.
+# where the edge is clear and flat where it is ambiguous** (the paper's Fig. 3 and appendix F, on
+# COCO images with occluded or blurred objects), and some are **bimodal**, with two plausible edges.
+# On COCO one can only look. The synthetic set records, for every edge, how ambiguous it is by
+# construction (a known blur radius, or the occluded fraction of the edge), so here it can be
+# *measured*.
 #
-# For each gt matched by a detection we take the four per-side distributions of the best detection
-# and their spread: the entropy $H = -\sum_i P(y_i)\log P(y_i)$ and the standard deviation in
-# pixels.
+# For each gt matched by a detection we take the four per-side distributions of that detection
+# (the highest-scoring one of its class with IoU of at least `iou_match`) and their spread: the
+# entropy $H = -\sum_i P(y_i)\log P(y_i)$ and the standard deviation, in bins (one bin is one stride
+# of the detection's FPN level) and in pixels. Every interval below is a 95% bootstrap interval
+# that resamples whole **objects**, since the four sides of one object are not independent.
 
 # %% tags=["parameters"]
 checkpoint = "../runs/chapter3/latest.pth"
 config = ""  # a preset name for mmdetection checkpoints; empty: the one stored in the checkpoint
-ann = "../data/synth/annotations/instances_val.json"
-images = "../data/synth/val"
+ann = "../data/synth_v2/annotations/instances_val.json"
+images = "../data/synth_v2/val"
 max_images = 200  # images to analyse
-gallery_size = 6
+gallery_size = 6  # objects in the gallery: a third clear, a third blurred, a third occluded
 score_thr = 0.05  # test-time score threshold
 iou_match = 0.5  # a gt is matched by its best detection of the same class with at least this IoU
+n_boot = 2000  # bootstrap replicates of every interval
+explore_image = 0  # the image the explorer starts on
 device = "cpu"
 
 # %% tags=["hide-input"]
@@ -43,17 +48,17 @@ nb.check("max_images", max_images, int, nb.positive, "must be a positive integer
 nb.check("gallery_size", gallery_size, int, lambda v: 1 <= v <= 24, "must be between 1 and 24")
 nb.check("score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 nb.check("iou_match", iou_match, float, lambda v: 0 < v <= 1, "must be in (0, 1]")
+nb.check("n_boot", n_boot, int, lambda v: v >= 100, "must be at least 100")
+nb.check("explore_image", explore_image, int, lambda v: v >= 0, "must be a non-negative image index")
 
-import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from torchvision.ops import box_iou
+import pandas as pd
+from IPython.display import Markdown
 
-from gflnb import viz
-from gflnb.analysis import SIDES, correlation, edge_table, load_model, predict_images
-from gflnb.fuse import inference_model
+from gflnb import spread, viz
+from gflnb.analysis import edge_table, load_model, object_view
 from gflnb.data import CocoDetection, ann_stats
-from gflnb.preprocess import load_image
+from gflnb.fuse import inference_model
 
 viz.setup()
 over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
@@ -62,96 +67,127 @@ ds = CocoDetection(ann, images, model.cfg, train=False)
 edges = edge_table(model, ds, max_images=max_images, device=device, iou_match=iou_match)
 if edges.empty:
     raise RuntimeError(f"no gt was matched by a detection (IoU >= {iou_match}); is the checkpoint trained?")
+has_truth = "kind" in edges
 print(f"{edges['ann_id'].nunique()} matched objects, {len(edges)} edges from {min(max_images, len(ds))} images")
-has_truth = "ambiguity" in edges
 
 # %% [markdown]
-# ## Distributions drawn over the image
+# ## Ambiguity at the scale of the bins
 #
-# Each side's distribution is drawn as a density profile across that side of the box, centred on
-# the predicted edge: a thin spike where the model is sure, a wide hump where it is not. The
-# gallery shows the objects with the clearest and the most ambiguous edges.
+# A distribution has one bin per stride, so an edge is only ambiguous *to the model* when its
+# uncertainty spans bins. In the set's version 2 the blur radius and the occluders grow with the
+# object, and the object's size decides its FPN level, so a blurred edge is blurred by a similar
+# number of bins on every level. The table: how many edges of each kind the matched objects have,
+# and the blur sigma in bins of the level that detected them.
 
 # %%
-per_obj = edges.groupby("ann_id").agg(image_id=("image_id", "first"),
-                                      ambiguity=("ambiguity", "max") if has_truth else ("entropy", "max"),
-                                      entropy=("entropy", "mean"))
-picks = list(per_obj.sort_values("ambiguity").index[: gallery_size // 2]) + \
-    list(per_obj.sort_values("ambiguity").index[-(gallery_size - gallery_size // 2):])
-index_of = {r.img_id: i for i, r in enumerate(ds.records)}
-cols = min(3, len(picks))
-fig, axes = plt.subplots(int(np.ceil(len(picks) / cols)), cols, figsize=(5 * cols, 4.6 * np.ceil(len(picks) / cols)),
-                         squeeze=False)
-profiles, profile_titles, profile_amb = [], [], []
-for ax, ann_id in zip(axes.flat, picks):
-    img_id = int(per_obj.loc[ann_id, "image_id"])
-    i = index_of[img_id]
-    p = predict_images(model, ds, [i], device=device)[0]
-    rec = ds.records[i]
-    g = list(rec.ann_ids).index(ann_id)
-    iou = box_iou(torch.from_numpy(rec.boxes[g:g + 1]), p["boxes"])[0]
-    iou[p["labels"] != int(rec.labels[g])] = 0
-    d = int(torch.where(iou >= iou_match, p["scores"], torch.zeros_like(p["scores"])).argmax())
-    amb = ds.coco.anns[int(ann_id)].get("edge_ambiguity", [float("nan")] * 4)
-    viz.draw_box_distribution(ax, load_image(rec.path), p["boxes"][d].numpy(), p["dists"][d].numpy(),
-                              float(p["strides"][d]), p["meta"]["scale_factor"],
-                              label="ambiguity l,t,r,b = " + ", ".join(f"{a:.2f}" for a in amb))
-    profiles.append(p["dists"][d].numpy())
-    profile_titles.append(f"object {ann_id}")
-    profile_amb.append(amb)
-for ax in list(axes.flat)[len(picks):]:
-    ax.set_axis_off()
+if has_truth:
+    blurred = edges[edges["blur"] > 0]
+    counts = edges.groupby("kind", sort=False).agg(edges=("side", "size"), objects=("ann_id", "nunique"))
+    display(counts.reindex([k for k in spread.EDGE_KINDS if k in counts.index]))
+    q = blurred["blur_bins"].quantile([0.1, 0.5, 0.9])
+    print(f"blur sigma on blurred edges, in bins: 10% {q[0.1]:.2f}, median {q[0.5]:.2f}, 90% {q[0.9]:.2f} "
+          f"(+-2 sigma spans {4 * q[0.5]:.1f} bins at the median)")
 
 # %% [markdown]
-# The same detections as per-side bar plots; sides recorded as ambiguous are drawn in red.
+# ## Distributions drawn on the image
+#
+# Each panel is one object: a crop around it, with the distributions of its left and right sides
+# (over $x$) above the crop and those of its top and bottom sides (over $y$) to its right, each on
+# the crop's own axis. Solid lines are the predicted edges (each at its distribution's mean, the
+# Integral), dashed lines the gt edges; the key gives each side's recorded ambiguity. The panels are
+# the clear objects the model is surest of, and the most blurred and the most occluded ones.
 
 # %%
-fig = viz.plot_side_profiles(np.stack(profiles), profile_titles, np.array(profile_amb) if has_truth else None)
+picks = spread.pick_objects(edges, gallery_size)  # without recorded ambiguity (COCO): the sharpest and flattest
+items = [v for v in (object_view(model, ds, a, iou_match, device, title=f"object {a}: {kind}") for a, kind in picks)
+         if v is not None]
+if items:
+    fig = viz.plot_distribution_gallery([dict(img=v.pop("img_bgr"), **v) for v in items])
+else:
+    print("no object to show: no detection matched a gt")
+
+# %% [markdown]
+# ## Spread by edge kind
+#
+# Mean entropy, standard deviation (in bins) and share of bimodal distributions per edge kind, with
+# 95% intervals; the rule for "bimodal" is printed with the table.
+
+# %%
+print(f"bimodal: a second peak of at least {spread.BIMODAL_MIN_PEAK:.0%} of the highest,\n"
+      f"with a valley below {spread.BIMODAL_MAX_DIP:.0%} of the lower peak between them")
+if has_truth:
+    kinds = spread.by_kind(edges, n_boot=n_boot)
+    display(spread.interval_table(kinds))
+    fig = viz.plot_spread_by_kind(kinds)
+else:
+    kinds = None
 
 # %% [markdown]
 # ## Spread against the truth
 #
-# Left: the entropy of clear, blurred and occluded edges. Middle: for blurred edges, the
-# distribution's standard deviation against the blur radius. Right: the spread against the
-# actual localisation error of that side. If DFL learned what the paper says, all three rise together.
+# Left: entropy against the edge's recorded ambiguity (0 is a clear edge). Middle: for blurred
+# edges, the distribution's standard deviation against the blur sigma, both in bins. Right: the
+# actual error of the side against its distribution's entropy. If DFL learned what the paper says,
+# every panel rises.
 
 # %%
-fig = viz.plot_spread_vs_truth(edges, "entropy")
-c_amb = correlation(edges["ambiguity"], edges["entropy"]) if has_truth else dict(pearson=float("nan"), n=0)
-blurred = edges[edges["blur"] > 0] if has_truth else edges.iloc[:0]
-c_blur = correlation(blurred["blur"], blurred["std_px"]) if has_truth else dict(pearson=float("nan"))
-c_err = correlation(edges["abs_err_px"], edges["entropy"])
-print(f"r(ambiguity, entropy) = {c_amb['pearson']:.3f} over {c_amb['n']} edges")
-print(f"r(blur sigma, std px) = {c_blur['pearson']:.3f} on blurred edges")
-print(f"r(|error| px, entropy) = {c_err['pearson']:.3f}")
+fig = viz.plot_spread_vs_truth(edges, n_boot=n_boot)
+pairs = [("entropy", "abs_err_px"), ("std_px", "abs_err_px")]
 if has_truth:
-    kinds = np.where(edges["blur"] > 0, "blurred", np.where(edges["occlusion"] >= 0.2, "occluded", "clear"))
-    by_kind = edges.assign(edge=kinds).groupby("edge")[["entropy", "top1", "std_px", "abs_err_px"]].mean()
-    display(by_kind.round(3))
+    pairs = [("ambiguity", "entropy"), ("ambiguity", "std_bins")] + pairs
+corr = spread.correlations(edges, pairs, n_boot=n_boot)
+display(pd.DataFrame({"r": corr["r"].round(3).to_numpy(), "edges": corr["edges"].to_numpy(),
+                      "95% interval": [f"[{a:.3f}, {b:.3f}]" for a, b in zip(corr["lo"], corr["hi"])]},
+                     index=[f"r({x}, {y})" for x, y in zip(corr["x"], corr["y"])]))
+
+# %% [markdown]
+# ## Bimodal distributions
+#
+# The distributions the rule above calls bimodal, highest second peak first; sides recorded as
+# ambiguous are red.
+
+# %%
+shown = edges[edges["bimodal"]].drop_duplicates("ann_id").sort_values("entropy", ascending=False).head(4)
+views = [v for v in (object_view(model, ds, int(a), iou_match, device) for a in shown["ann_id"]) if v is not None]
+if views:
+    fig = viz.plot_side_profiles(np.stack([v["dist"] for v in views]), [v["title"] for v in views],
+                                 np.array([v["ambiguity"] or [np.nan] * 4 for v in views], float) if has_truth else None)
+print(f"{int(edges['bimodal'].sum())} of {len(edges)} edges ({100 * edges['bimodal'].mean():.1f}%) are bimodal")
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab the next cell opens an explorer: step through the images, pick a detection by
+# clicking it or from the list, move the score threshold, and switch between choosing among the
+# predictions and among the gt boxes (each shown through its best-matching detection). It works
+# on any checkpoint and COCO-format dataset: `viz.explore(load_model(path), CocoDetection(ann,
+# images, cfg, train=False))`. The book cannot run widgets, so below it is the explorer's view of
+# the first image with a detection, drawn statically.
+
+# %% tags=["remove-output"]
+explorer = viz.explore(model, ds, device=device, images=range(min(max_images, len(ds))))
+explorer.seek(min(explore_image, len(explorer.images) - 1))  # from there, the first image with a detection
+explorer
+
+# %% tags=["remove-input"]
+fig = explorer.render()
 
 # %% [markdown]
 # ## What we learned
 #
-# The measured numbers, stated from this run's data:
+# Each claim is tested by its 95% interval: it *holds* when the interval lies above zero, is
+# *reversed* below zero, and is *not resolved* when the interval covers zero. The sentences are
+# written from this run's numbers.
 
 # %%
-from IPython.display import Markdown
-
-lines = [f"* The spread of a side's distribution predicts that side's actual error: r = {c_err['pearson']:.2f} "
-         "between entropy and |predicted - true edge|, so the distributions carry a usable uncertainty."]
-if has_truth:
-    e = by_kind["entropy"]
-    rel = lambda k: 100 * (e.get(k, np.nan) / e["clear"] - 1)
-    lines.append(f"* Occluded edges get flatter distributions than clear ones (mean entropy {e.get('occluded', np.nan):.2f} "
-                 f"vs {e['clear']:.2f}, {rel('occluded'):+.0f}%); blurred edges {e.get('blurred', np.nan):.2f} "
-                 f"({rel('blurred'):+.0f}%).")
-    lines.append(f"* Over all edges r(ambiguity, entropy) = {c_amb['pearson']:.2f}; for blurred edges r(blur sigma, std) = "
-                 f"{c_blur['pearson']:.2f}. The blur radii (at most 6 px) are small against the bins (one stride: "
-                 "8 to 32 px here), so blur moves the learned spread much less than occlusion, which hides whole "
-                 "stretches of an edge. This is the paper's qualitative claim (flat where ambiguous) holding for "
-                 "occlusion and only weakly for blur at this scale.")
-display(Markdown("\n".join(lines)))
+found = spread.findings(edges, n_boot=n_boot)
+display(Markdown("\n".join(spread.describe_findings(found, kinds))))
 
 # %%
-nb.record(chapter="distributions", edges=len(edges), r_ambiguity_entropy=c_amb["pearson"],
-          r_blur_std=c_blur["pearson"], r_error_entropy=c_err["pearson"])
+rec = dict(chapter="distributions", edges=len(edges), objects=int(edges["ann_id"].nunique()),
+           bimodal_share=float(edges["bimodal"].mean()))
+rec.update({f"r_{r.x}_{r.y}": r.r for r in corr.itertuples()})
+rec.update({f"verdict_{i}": f.verdict for i, f in enumerate(found.itertuples())})
+if kinds is not None:
+    rec.update({f"entropy_{k}": r.entropy for k, r in kinds.iterrows()})
+nb.record(**rec)

@@ -19,7 +19,8 @@
 # without DFL (Table 3); GFLv2 adds its Distribution-Guided Quality Predictor (DGQP). Here every
 # variant is trained several times, with different seeds, by chapter 3's notebook on the synthetic
 # set (`gflnb sweep experiments/ablations/grid.yaml`, one papermill run per variant and seed), and
-# this chapter reads the committed table: it trains nothing.
+# this chapter reads the committed table: it trains nothing. The sweep uses version 1 of the set
+# (the grid's `data_version`), on which it was sized, not the book's version 2.
 #
 # A difference of a few tenths of AP, as in most of the paper's rows, is within what a different
 # seed changes on a small set, so each of the paper's claims gets a verdict only where the seeds

@@ -28,7 +28,8 @@ print(torch.cat([p.detach().flatten() for p in net.parameters()]).double().sum()
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in PORTABLE_ISA and k != "GFLNB_NATIVE_ISA"}
+    base = {k: v for k, v in os.environ.items()
+            if k not in PORTABLE_ISA and k not in ("GFLNB_NATIVE_ISA", "OMP_NUM_THREADS", "GFLNB_THREADS")}
     return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
                           check=True)
 
@@ -56,3 +57,17 @@ def test_torch_that_chose_its_kernels_first_is_warned_about():
 def test_the_default_computes_what_the_forced_avx2_kernels_compute():
     forced = _run(STEPS, **PORTABLE_ISA).stdout
     assert _run("import gflnb\n" + STEPS).stdout == forced
+
+
+THREADS = "import gflnb, torch; print(torch.get_num_threads())"
+
+
+def test_the_thread_count_is_fixed_unless_asked_otherwise():
+    from gflnb.portable import PORTABLE_THREADS
+    assert _run(THREADS).stdout.strip() == str(PORTABLE_THREADS)
+    assert _run(THREADS, OMP_NUM_THREADS="1").stdout.strip() == "1"  # as the sweep's commands set it
+    assert _run(THREADS, GFLNB_THREADS="3").stdout.strip() == "3"
+    own = _run("import torch; print(torch.get_num_threads())").stdout.strip()
+    assert _run(THREADS, GFLNB_THREADS="0").stdout.strip() == own
+    # torch imported first: gflnb still sets the pool's size
+    assert _run("import torch; torch.set_num_threads(1); " + THREADS).stdout.strip() == str(PORTABLE_THREADS)

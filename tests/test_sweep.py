@@ -76,6 +76,14 @@ def test_a_row_is_reproduced_by_its_command_alone(swept):
     assert again["AP"] == m["AP"]  # seeds, budget in iterations, threads and kernels pinned: bit for bit
 
 
+def test_only_reruns_some_rows_and_keeps_the_whole_table(swept):
+    _, grid, out = swept
+    before = _table(out)
+    assert main(["sweep", str(grid), "--only", "gfl", "--no-progress"]) == 0  # done already: skipped
+    after = _table(out)
+    assert [r["variant"] for r in after] == ["gfl", "iou", "broken"] and after == before
+
+
 def test_a_rerun_skips_done_points_and_retries_failed_ones(swept, capsys):
     _, grid, out = swept
     before = _table(out)
