@@ -270,14 +270,33 @@ def _diff(r: pd.Series) -> str:
     return f"{r['diff']:+.2f}{se} AP here{theirs}"
 
 
+DEGENERATE_AP = 1.0  # AP (%) below which a successful run counts as having trained to nothing
+
+
+def degenerate_runs(ok: pd.DataFrame, below: float = DEGENERATE_AP) -> pd.DataFrame:
+    """The successful runs whose AP is below ``below``: they trained to nothing (no score above the
+    test threshold, or a collapsed score), so a difference involving them is a training failure."""
+    return ok[ok["AP"] < below] if len(ok) else ok
+
+
 def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[str, Any]],
-            labels: dict[str, str]) -> list[str]:
-    """Markdown bullets stating the verdicts, the Fig. 2 comparison and the run size, all from the numbers."""
+            labels: dict[str, str], ok: Optional[pd.DataFrame] = None) -> list[str]:
+    """Markdown bullets stating the verdicts, the Fig. 2 comparison and the run size, all from the
+    numbers; with ``ok`` (the successful runs), also the runs that trained to nothing."""
     counts = verdict_counts(claims)
     h, r, u = counts["holds"], counts["reversed"], counts["not_resolved"]
     lines = [f"* Of the paper's {len(claims)} claims, {h} hold{'s' if h == 1 else ''}, {r} "
              f"{'is' if r == 1 else 'are'} reversed and {u} {'is' if u == 1 else 'are'} not resolved by this "
              f"sweep (rule: {RULE})."]
+    bad = degenerate_runs(ok) if ok is not None else None
+    if bad is not None and len(bad):
+        runs = ", ".join(f"{v} seed{'s' if len(g) > 1 else ''} {', '.join(str(int(x)) for x in g['seed'])}"
+                         for v, g in bad.groupby("variant", sort=False))
+        touched = [c["claim"] for _, c in claims.iterrows() if c["better"] in set(bad["variant"])
+                   or c["worse"] in set(bad["variant"])] if len(claims) else []
+        lines.append(f"* **Runs that trained to nothing** (AP below {DEGENERATE_AP:g}): {runs}. A verdict that "
+                     "involves them measures that failure, not the representation: "
+                     + ("; ".join(touched) if touched else "none of the claims") + ".")
     for verdict, head in (("holds", "Held"), ("reversed", "Reversed")):
         sel = claims[claims["verdict"] == verdict] if not claims.empty else claims
         if len(sel):

@@ -175,7 +175,7 @@ print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {co
 # Stated from this sweep's numbers:
 
 # %%
-display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels))))
+display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels, ok))))
 
 # %%
 nb.record(chapter="ablations", runs=info["runs"], ok_runs=info["ok"], failed_runs=info["failed"],

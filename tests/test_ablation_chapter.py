@@ -99,6 +99,19 @@ def test_conclusions_follow_the_numbers(tmp_path):
     assert "1 holds, 0 are reversed" in texts["joint_better"] and "0 hold, 1 is reversed" in texts["iou_better"]
 
 
+def test_runs_that_trained_to_nothing_are_named_with_the_claims_they_touch(tmp_path):
+    _write_csv(tmp_path / "r.csv", [_ok("gfl", 0, 21.0), _ok("gfl", 1, 22.0), _ok("iou", 0, 0.0), _ok("iou", 1, 18.0)])
+    df = ablation.read_results(tmp_path / "r.csv")
+    ok = ablation.ok_rows(df)
+    assert list(ablation.degenerate_runs(ok)["seed"]) == [0]
+    text = "\n".join(ablation.learned(ablation.claim_table(df), ablation.run_info(df, {}), {}, {}, ok))
+    assert "**Runs that trained to nothing** (AP below 1): iou seed 0." in text
+    assert "measures that failure, not the representation: joint beats a separate IoU branch" in text
+    healthy = "\n".join(ablation.learned(ablation.claim_table(df), ablation.run_info(df, {}), {}, {},
+                                          ok[ok["AP"] > 1]))
+    assert "trained to nothing" not in healthy
+
+
 def test_paper_numbers_and_claims():
     assert paper.paper_value("1a", "gfl") == 39.9 and paper.paper_value("3", "gfl") == 40.2
     assert paper.paper_value("1c", "beta0", "AP75") == 40.3 and paper.paper_value("2a", "dirac") == 39.2
