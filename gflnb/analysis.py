@@ -85,7 +85,7 @@ def predict_images(model: GFL, ds: CocoDetection, indices: Sequence[int], device
     return out
 
 
-def _best_match(iou: Tensor, scores: Tensor, iou_match: float) -> Optional[int]:
+def best_match(iou: Tensor, scores: Tensor, iou_match: float) -> Optional[int]:
     """The highest-scoring detection with IoU >= ``iou_match`` (``iou [D]``, same class only)."""
     ok = (iou >= iou_match).nonzero().view(-1)
     return None if not len(ok) else int(ok[scores[ok].argmax()])
@@ -107,7 +107,7 @@ def object_view(model: GFL, ds: CocoDetection, ann_id: int, iou_match: float = 0
         return None
     iou = box_iou(torch.from_numpy(rec.boxes[g:g + 1]), p["boxes"])[0]
     iou[p["labels"] != int(rec.labels[g])] = 0
-    d = _best_match(iou, p["scores"], iou_match)
+    d = best_match(iou, p["scores"], iou_match)
     if d is None:
         return None
     return dict(img_bgr=load_image(rec.path), box=p["boxes"][d].numpy(), dist=p["dists"][d].numpy(),
@@ -141,7 +141,7 @@ def edge_table(model: GFL, ds: CocoDetection, max_images: Optional[int] = None, 
         iou[torch.from_numpy(rec.labels)[:, None] != p["labels"][None, :]] = 0
         sf = p["meta"]["scale_factor"]
         for g in range(len(gts)):
-            d = _best_match(iou[g], p["scores"], iou_match)
+            d = best_match(iou[g], p["scores"], iou_match)
             if d is None:
                 continue
             ann = ds.coco.anns[int(rec.ann_ids[g])]

@@ -2,7 +2,7 @@
 
 ``explore(model, dataset)`` in JupyterLab gives an ipywidgets view: an image with its detections
 (click one, or pick it from the list), a score-threshold slider, and a switch between choosing among
-the predicted boxes and among the gt boxes (each shown through its best-matching detection). The
+the predicted boxes and among the gt boxes (each shown through the detection chapter 5 matches to it). The
 selected detection is drawn with :func:`gflnb.viz.draw_edge_distributions`. It works on any
 checkpoint and any COCO-format dataset; the synthetic set's recorded edge ambiguity is shown when
 the annotations have it. :meth:`Explorer.render` draws the same view as a static figure (the book
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .analysis import predict_images
+from .analysis import best_match, predict_images
 from .data import CocoDetection
 from .detector import GFL
 from .fuse import inference_model
@@ -49,6 +49,8 @@ class Explorer:
             raise IndexError(f"image indices {bad[:5]} are outside the dataset (0..{len(dataset) - 1})")
         self.position, self.score_thr, self.mode, self.selected = 0, float(score_thr), "predicted", 0
         self._pred: dict[int, dict] = {}
+        self._items: list[dict] = []
+        self._items_key: Optional[tuple] = None
         self._controls: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
@@ -57,38 +59,43 @@ class Explorer:
         return self.images[self.position]
 
     def prediction(self) -> dict:
-        """The current image's detections with distributions (boxes in original pixels), cached."""
+        """The current image's detections with distributions (boxes in original pixels) and
+        ``iou [G, D]``, each gt's IoU with each detection of its class (0 across classes); cached."""
         i = self.index
         if i not in self._pred:
-            self._pred[i] = predict_images(self.model, self.ds, [i], device=self.device)[0]
+            from torchvision.ops import box_iou
+            p = predict_images(self.model, self.ds, [i], device=self.device)[0]
+            rec = self.ds.records[i]
+            gts, labels = torch.from_numpy(rec.boxes), torch.from_numpy(rec.labels)
+            iou = box_iou(gts.to(p["boxes"].dtype), p["boxes"])  # [G, D]
+            iou[labels[:, None] != p["labels"][None, :]] = 0
+            self._pred[i] = dict(p, iou=iou)
         return self._pred[i]
 
-    def _match(self, gt_box: np.ndarray, label: int, boxes: torch.Tensor, labels: torch.Tensor) -> Optional[int]:
-        from torchvision.ops import box_iou
-        if not len(boxes):
-            return None
-        iou = box_iou(torch.as_tensor(gt_box, dtype=boxes.dtype)[None], boxes)[0]
-        iou[labels != label] = 0
-        j = int(iou.argmax())
-        return j if float(iou[j]) > 0 else None
-
     def items(self) -> list[dict]:
-        """What can be selected now: detections at or above the threshold, highest score first
-        (mode ``predicted``), or the gt boxes with their best-matching detection (mode ``gt``)."""
+        """What can be selected now: detections at or above the threshold, highest score first, each
+        with the gt it overlaps most (mode ``predicted``); or the gt boxes, each with the detection
+        chapter 5 matches to it, the highest-scoring one of its class at IoU >= ``iou_match`` (mode
+        ``gt``). Cached per (image, mode, threshold): drawing and clicking ask for it repeatedly."""
+        key = (self.index, self.mode, self.score_thr)
+        if self._items_key != key:
+            self._items, self._items_key = self._build_items(), key
+        return self._items
+
+    def _build_items(self) -> list[dict]:
         p, rec = self.prediction(), self.ds.records[self.index]
-        names = self.ds.class_names
+        names, iou = self.ds.class_names, p["iou"]
         out = []
         if self.mode == "predicted":
             keep = (p["scores"] >= self.score_thr).nonzero().view(-1)
             for j in keep[p["scores"][keep].argsort(descending=True)].tolist():
-                g = self._match(p["boxes"][j].numpy(), int(p["labels"][j]), torch.from_numpy(rec.boxes),
-                                torch.from_numpy(rec.labels)) if len(rec.boxes) else None
+                g = int(iou[:, j].argmax()) if len(iou) and float(iou[:, j].max()) > 0 else None
                 out.append(dict(det=j, gt=g, box=p["boxes"][j].numpy(),
                                 label=f"{names[int(p['labels'][j])]} {float(p['scores'][j]):.2f}"))
         else:
             for g in range(len(rec.boxes)):
-                j = self._match(rec.boxes[g], int(rec.labels[g]), p["boxes"], p["labels"])
-                score = f"{float(p['scores'][j]):.2f}" if j is not None else "no detection"
+                j = best_match(iou[g], p["scores"], self.iou_match) if iou.shape[1] else None
+                score = f"{float(p['scores'][j]):.2f}" if j is not None else f"no detection at IoU >= {self.iou_match:g}"
                 out.append(dict(det=j, gt=g, box=rec.boxes[g], label=f"gt {names[int(rec.labels[g])]} ({score})"))
         return out
 

@@ -248,13 +248,8 @@ def ambiguity(blur: list[float], occlusion: list[float], box: Optional[list[floa
     """Per side in [0, 1]: the larger of the blur (version 1: sigma / MAX_BLUR; version 2: sigma
     against the largest relative sigma, BLUR_REL[1] s) and the occluded fraction (when at least
     OCCLUSION_MIN)."""
-    if version == 1:
-        ref = [MAX_BLUR] * 4
-    else:
-        s = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
-        ref = [BLUR_REL[1] * s] * 4
-    return [round(max(min(b / r, 1.0), o if o >= OCCLUSION_MIN else 0.0), 4)
-            for b, o, r in zip(blur, occlusion, ref)]
+    ref = MAX_BLUR if version == 1 else BLUR_REL[1] * math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
+    return [round(max(min(b / ref, 1.0), o if o >= OCCLUSION_MIN else 0.0), 4) for b, o in zip(blur, occlusion)]
 
 
 def write_split(out: Path, split: str, num: int, seed: int, progress: bool = True, version: int = 1) -> Path:

@@ -204,19 +204,21 @@ def plot_calibration(score: np.ndarray, iou: np.ndarray, bins: int = 10):
 
 # ------------------------------------------------------------------ chapter 5: learned distributions
 def side_support(box: np.ndarray, dist: np.ndarray, stride: float, scale: Sequence[float] = (1.0, 1.0),
-                 mass: float = 0.95) -> tuple[list[np.ndarray], np.ndarray]:
+                 mass: float = 0.95) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Where each side's distribution puts that side, in original-image pixels.
 
     ``box [4]`` (x1, y1, x2, y2) is the predicted box, which the Integral places at each
     distribution's mean; ``dist [4, R+1]`` is over distances (in strides) from the anchor point.
-    Returns per side the image coordinate of every bin ``[R+1]``, and ``[4, 2]`` the span holding
-    ``mass`` of each distribution (the crop must cover it).
+    Returns per side the image coordinate of every bin ``[R+1]`` and its density ``[R+1]`` (the
+    bin's probability over its width in pixels, so the four sides share a scale), and ``[4, 2]``
+    the span holding ``mass`` of each distribution (the crop must cover it).
     """
     bins = np.arange(dist.shape[1])
-    coords, spans = [], []
+    coords, dens, spans = [], [], []
     for k in range(4):
         p = dist[k] / dist[k].sum()
-        s = stride / (scale[0] if k % 2 == 0 else scale[1])
+        s = stride / (scale[0] if k % 2 == 0 else scale[1])  # one bin, in original-image pixels
+        dens.append(p / s)
         # distance from the anchor grows outwards: to the left of x1, above y1, right of x2, below y2
         sign = -1.0 if k < 2 else 1.0
         x = box[k] + sign * (bins - (p * bins).sum()) * s
@@ -224,7 +226,7 @@ def side_support(box: np.ndarray, dist: np.ndarray, stride: float, scale: Sequen
         c = np.cumsum(p)
         lo, hi = int(np.searchsorted(c, (1 - mass) / 2)), int(np.searchsorted(c, 1 - (1 - mass) / 2))
         spans.append(sorted((x[min(lo, len(x) - 1)], x[min(hi, len(x) - 1)])))
-    return coords, np.asarray(spans)
+    return coords, dens, np.asarray(spans)
 
 
 SIDE_COLORS = {"left": PALETTE[0], "right": PALETTE[1], "top": PALETTE[2], "bottom": PALETTE[4]}
@@ -242,7 +244,7 @@ def draw_edge_distributions(fig, cell, img_bgr: np.ndarray, box: np.ndarray, dis
     Returns the crop's axes.
     """
     h, w = img_bgr.shape[:2]
-    coords, spans = side_support(box, dist, stride, scale)
+    coords, density, spans = side_support(box, dist, stride, scale)
     boxes = [box] + ([gt] if gt is not None else [])
     x_lo = min([spans[0][0], spans[2][0]] + [b[0] for b in boxes])
     x_hi = max([spans[0][1], spans[2][1]] + [b[2] for b in boxes])
@@ -265,12 +267,8 @@ def draw_edge_distributions(fig, cell, img_bgr: np.ndarray, box: np.ndarray, dis
     ax.set_ylim(y1, y0)
     amb = list(ambiguity) if ambiguity is not None else [None] * 4
     for k, side in enumerate(SIDES):
-        col = SIDE_COLORS[side]
-        p = dist[k] / dist[k].sum()
+        col, dens = SIDE_COLORS[side], density[k]
         label = side if amb[k] is None else f"{side}: {amb[k]:.2f}"
-        # one bin is `stride` pixels wide, so P / bin width is a density in 1/px and the four
-        # profiles of one detection share a scale
-        dens = p / (stride / (scale[0] if k % 2 == 0 else scale[1]))
         horizontal = k % 2 == 0
         target = ax_x if horizontal else ax_y
         if horizontal:
@@ -308,16 +306,16 @@ def draw_edge_distributions(fig, cell, img_bgr: np.ndarray, box: np.ndarray, dis
 
 
 def plot_distribution_gallery(items: Sequence[dict], cols: int = 2, width: float = 9.0):
-    """:func:`draw_edge_distributions` for several detections. Each item holds ``img``, ``box``,
-    ``dist``, ``stride``, ``scale`` and optionally ``gt``, ``ambiguity``, ``title``."""
+    """:func:`draw_edge_distributions` for several detections; each item is its keyword arguments
+    (``img_bgr``, ``box``, ``dist``, ``stride``, and optionally ``scale``, ``gt``, ``ambiguity``,
+    ``title``), as :func:`gflnb.analysis.object_view` returns them."""
     rows = int(np.ceil(len(items) / cols))
     cell_w = width / cols
     height = rows * cell_w + 0.5
     fig = plt.figure(figsize=(width, height))
     outer = fig.add_gridspec(rows, cols, wspace=0.1, hspace=0.14, top=1.0, bottom=0.5 / height)
     for n, it in enumerate(items):
-        draw_edge_distributions(fig, outer[n // cols, n % cols], it["img"], it["box"], it["dist"], it["stride"],
-                                it.get("scale", (1.0, 1.0)), it.get("gt"), it.get("ambiguity"), it.get("title", ""))
+        draw_edge_distributions(fig, outer[n // cols, n % cols], **it)
     handles = [plt.Line2D([], [], color="0.2", lw=1.8), plt.Line2D([], [], color="0.2", lw=1.4, ls=(0, (3, 2)))]
     fig.legend(handles, ["predicted edge (its distribution's mean)", "gt edge"], loc="lower center", ncol=2,
                fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))

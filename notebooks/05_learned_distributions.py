@@ -102,7 +102,7 @@ picks = spread.pick_objects(edges, gallery_size)  # without recorded ambiguity (
 items = [v for v in (object_view(model, ds, a, iou_match, device, title=f"object {a}: {kind}") for a, kind in picks)
          if v is not None]
 if items:
-    fig = viz.plot_distribution_gallery([dict(img=v.pop("img_bgr"), **v) for v in items])
+    fig = viz.plot_distribution_gallery(items)
 else:
     print("no object to show: no detection matched a gt")
 

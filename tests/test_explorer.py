@@ -47,6 +47,14 @@ def test_threshold_and_mode_change_what_can_be_selected(ex, ds):
     gts = ex.items()
     assert len(gts) == len(ds.records[ex.index].boxes)
     assert all(it["label"].startswith("gt ") for it in gts)
+    # each gt through the detection chapter 5 matches to it: the highest-scoring one of its class
+    # with IoU >= iou_match
+    p = ex.prediction()
+    for it in gts:
+        ok = [j for j in range(len(p["scores"])) if float(p["iou"][it["gt"], j]) >= ex.iou_match]
+        want = max(ok, key=lambda j: float(p["scores"][j])) if ok else None
+        assert it["det"] == want
+    assert ex.items() is gts  # cached while image, mode and threshold stay
     ex.mode, ex.score_thr = "predicted", 0.3
 
 
