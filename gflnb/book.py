@@ -33,17 +33,28 @@ def execute(src: str | Path, out: str | Path, parameters: Optional[dict[str, Any
                                cwd=str(cwd or src.parent), progress_bar=False, execution_timeout=timeout)
 
 
+_OLD_RECORD = "GFLNB_RECORD "  # the prefix of the line notebooks printed before the record was a display output
+
+
 def records(nb_path: str | Path) -> list[dict]:
-    """The ``GFLNB_RECORD`` lines an executed notebook printed."""
+    """The run records (:func:`gflnb.nbtools.record`) of an executed notebook, in cell order.
+
+    Also reads the ``GFLNB_RECORD {json}`` lines that notebooks executed before the record became a
+    display output printed.
+    """
     import nbformat
+
+    from .nbtools import RECORD_MIME
     nb = nbformat.read(str(nb_path), as_version=4)
     out = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
-            text = o.get("text", "") if o.get("output_type") == "stream" else ""
-            for line in text.splitlines():
-                if line.startswith("GFLNB_RECORD "):
-                    out.append(json.loads(line[len("GFLNB_RECORD "):]))
+            if o.get("output_type") in ("display_data", "execute_result") and RECORD_MIME in o.get("data", {}):
+                v = o["data"][RECORD_MIME]
+                out.append(json.loads(v) if isinstance(v, str) else json.loads(json.dumps(v)))
+            elif o.get("output_type") == "stream":
+                out += [json.loads(line[len(_OLD_RECORD):]) for line in o.get("text", "").splitlines()
+                        if line.startswith(_OLD_RECORD)]
     return out
 
 

@@ -1,4 +1,4 @@
-"""Notebook plumbing: parameter validation and the one-line run record papermill leaves behind."""
+"""Notebook plumbing: parameter validation and the run record papermill leaves behind."""
 from __future__ import annotations
 
 import json
@@ -36,13 +36,33 @@ def positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+# The record's mimetype: no frontend has a renderer for it, so JupyterLab, the classic notebook and
+# the book show nothing, while the executed notebook keeps the numbers as JSON (gflnb.book.records).
+RECORD_MIME = "application/vnd.gflnb.record+json"
+
+
+def _json_safe(v: Any) -> Any:
+    """``v`` with tensors and numpy scalars as numbers, NaN and inf as None (JSON has neither)."""
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+        return _json_safe(v.item())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
 def record(**values: Any) -> None:
-    """Print the run's key numbers as one ``GFLNB_RECORD {json}`` line (read by tests and the book build)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if hasattr(v, "item"):
-            return clean(v.item())
-        return v
-    values = {k: clean(v) for k, v in values.items()}
-    print("GFLNB_RECORD " + json.dumps(values, default=str))
+    """Leave the run's key numbers in the executed notebook, for :func:`gflnb.book.records` (the
+    tests, the book build and ``python -m gflnb.book run``, which the sweep's points run).
+
+    The record is a display output holding only :data:`RECORD_MIME` (no ``text/plain``), so nothing
+    is printed and no page shows it; the chapters also tag the cell ``remove-cell``. Values that are
+    not JSON become their ``str``. Outside IPython there is no notebook to keep it and IPython's
+    ``display`` prints the mapping.
+    """
+    from IPython.display import display
+    values = json.loads(json.dumps(_json_safe(values), default=str))
+    display({RECORD_MIME: values}, raw=True)

@@ -115,6 +115,6 @@ short = dict(zip(corr, ("r_focal", "r_separate", "r_qfl")))
 #   trivially separable; but it is never trained on background, and in a real detector that is where
 #   its estimates go wrong. Chapter 4 measures the score-IoU relation of a trained GFL.
 
-# %%
+# %% tags=["remove-cell"]
 nb.record(chapter="qfl", target_iou=target_iou, betas=betas, toy_steps=toy_steps,
           **{short[k]: v for k, v in corr.items()})

@@ -182,7 +182,7 @@ ax.legend()
 # * The spread a trained model keeps is therefore informative: chapter 5 measures it on edges whose
 #   ambiguity we know.
 
-# %%
+# %% tags=["remove-cell"]
 nb.record(chapter="dfl", reg_max=reg_max, target=target, steps=steps,
           dfl_final_integral=dfl_curve[-1], l1_final_integral=l1_curve[-1],
           dfl_top2_mass=top2(final_dfl), l1_top2_mass=top2(final_l1))

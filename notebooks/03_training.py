@@ -164,7 +164,7 @@ if val_ann:
 # through the Integral, DFL sharpens the distributions. The checkpoint written here is the input of
 # chapters 4 (COCO evaluation) and 5 (learned distributions).
 
-# %%
+# %% tags=["remove-cell"]
 ap = metrics.get("metrics", {})
 nb.record(chapter="training", config=cfg.name, max_minutes=max_minutes, iterations=metrics["iterations"],
           train_minutes=metrics["train_minutes"], checkpoint=checkpoint, AP=ap.get("AP"), AP50=ap.get("AP50"),

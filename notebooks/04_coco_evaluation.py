@@ -134,6 +134,6 @@ display(Markdown(
     f"{c_hi['pearson']:.2f}: the higher the joint score, the tighter the box, which is what lets NMS keep the "
     "right one of overlapping candidates."))
 
-# %%
+# %% tags=["remove-cell"]
 nb.record(chapter="evaluation", checkpoint=checkpoint, images=len(ds), detections=len(results), **res.metrics,
           calibration_pearson=calib["pearson"], calibration_spearman=calib["spearman"])

@@ -183,7 +183,7 @@ fig = explorer.render()
 found = spread.findings(edges, n_boot=n_boot)
 display(Markdown("\n".join(spread.describe_findings(found, kinds))))
 
-# %%
+# %% tags=["remove-cell"]
 rec = dict(chapter="distributions", edges=len(edges), objects=int(edges["ann_id"].nunique()),
            bimodal_share=float(edges["bimodal"].mean()))
 rec.update({f"r_{r.x}_{r.y}": r.r for r in corr.itertuples()})

@@ -133,7 +133,7 @@ else:
 # %%
 display(Markdown(markdown(res)))
 
-# %%
+# %% tags=["remove-cell"]
 g = res["inference"][next(iter(res["inference"]))]
 nb.record(chapter="performance", source=source, conv_gflops=res["conv_gflops"],
           gflnb_vs_fcos=g["gflnb"]["median_s"] / g["torchvision fcos"]["median_s"], gflnb_x_floor=g["gflnb"]["x_floor"])

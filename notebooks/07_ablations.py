@@ -177,7 +177,7 @@ print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {co
 # %%
 display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels, ok))))
 
-# %%
+# %% tags=["remove-cell"]
 nb.record(chapter="ablations", runs=info["runs"], ok_runs=info["ok"], failed_runs=info["failed"],
           variants=info["variants"], seeds=len(info["seeds"]), iterations=info["iterations"],
           claims=len(claims), holds=counts["holds"], reversed=counts["reversed"],

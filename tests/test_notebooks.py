@@ -150,6 +150,10 @@ def test_book_has_every_page(built):
     for page in ["intro"] + [f"notebooks/{n}" for n in MIN_FIGURES]:
         assert (built / f"{page}.html").exists(), page
     assert (built / "_static" / "mathjax" / "tex-chtml.js").exists()
+    # the run records stay in the executed notebooks (gflnb.book.records); no reader sees them
+    shown = [p.relative_to(built) for p in built.rglob("*.html")
+             if "GFLNB_RECORD" in (t := p.read_text()) or "nb.record(" in t]
+    assert not shown, f"pages showing a run record: {shown}"
 
 
 def test_every_page_in_a_browser(built):
