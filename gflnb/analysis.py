@@ -72,10 +72,9 @@ def dist_std(p: Tensor | np.ndarray) -> np.ndarray:
 def predict_images(model: GFL, ds: CocoDetection, indices: Sequence[int], device: str = "cpu",
                    with_dist: bool = True, batch_size: int = 8) -> list[dict]:
     """Predictions (with distributions) for some dataset images, boxes in original-image pixels."""
-    from .fuse import inference_model
     collate = Collate(ds.cfg)
     out = []
-    model = inference_model(model, device)  # the path gflnb evaluate runs
+    model = model.inference_net(device)  # the path gflnb evaluate runs, built once per weights
     for i in range(0, len(indices), batch_size):
         samples = [ds[j] for j in indices[i:i + batch_size]]
         images, _, metas = collate(samples)
@@ -202,10 +201,9 @@ def anchor_scores(model: GFL, ds: CocoDetection, max_images: Optional[int] = 50,
     only because of how images were batched.
     """
     from .boxes import box_iou
-    from .fuse import inference_model
     n = len(ds) if max_images is None else min(int(max_images), len(ds))
     collate = Collate(ds.cfg)
-    net = inference_model(model, device)  # the path gflnb evaluate runs
+    net = model.inference_net(device)  # the path gflnb evaluate runs, built once per weights
     keys = ("score", "cls", "quality", "iou", "level", "image")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for start in range(0, n, batch_size):

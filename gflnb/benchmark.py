@@ -44,9 +44,10 @@ def inference_setup(config: str, shape: tuple[int, int], device: str = "cpu", ch
                     path: str = "evaluate"):
     """An eval-mode model, one padded random image and its meta.
 
-    ``path``: ``evaluate`` is :func:`gflnb.fuse.inference_model`, what ``gflnb evaluate`` and the
-    notebooks run (BN folded, NHWC on CPU); ``nhwc`` the model as built in NHWC, BN not folded;
-    ``plain`` the model as built (NCHW, BN not folded).
+    ``path``: ``evaluate`` is ``GFL.predict`` as users call it, in eval mode: its inference path
+    (BN folded, NHWC on CPU), what ``gflnb evaluate`` and the notebooks run; ``nhwc`` the model as
+    built in NHWC, BN not folded; ``plain`` the model as built (NCHW, BN not folded). Call the
+    model's ``predict`` with ``fast=(path == "evaluate")``.
     """
     if path not in INFERENCE_PATHS:
         raise ValueError(f"inference path must be one of {INFERENCE_PATHS}, not {path!r}")
@@ -57,8 +58,7 @@ def inference_setup(config: str, shape: tuple[int, int], device: str = "cpu", ch
         from .checkpoint import load_checkpoint
         load_checkpoint(model, checkpoint)
     if path == "evaluate":
-        from .fuse import inference_model
-        model = inference_model(model, dev)
+        model.inference_net(dev)  # built here, not in the first timed call
     elif path == "nhwc":
         model.use_channels_last()
     ph, pw = pad_shape(shape, cfg.size_divisor)
@@ -79,7 +79,7 @@ def benchmark_inference(config: str = "gfl_r50_fpn_1x_coco", shape: tuple[int, i
         _sync(dev)
         t = time.perf_counter()
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda"):
-            model.predict(x, meta, rescale=False)
+            model.predict(x, meta, rescale=False, fast=path == "evaluate")
         _sync(dev)
         if i >= warmup:
             times.append(time.perf_counter() - t)
@@ -124,7 +124,9 @@ GFLNB_ROWS = {"gflnb": "evaluate", "gflnb (NHWC, BN not folded)": "nhwc", "gflnb
 
 def gflnb_infer(shape, path):
     model, x, meta = inference_setup("gfl_r50_fpn_1x_coco", shape, path=path)
-    return (lambda: model.predict(x, meta, rescale=False)), (lambda: model(x))
+    fast = path == "evaluate"
+    net = model.inference_net() if fast else model
+    return (lambda: model.predict(x, meta, rescale=False, fast=fast)), (lambda: net(x))
 
 
 def tv_infer(name, shape):

@@ -1,7 +1,9 @@
 """The GFL detector: ResNet backbone, FPN neck, GFL head, with mmdetection's state-dict keys."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+import itertools
+import weakref
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,19 @@ def _check_nhwc_safe(model: nn.Module) -> None:
                              "use channels_last=False or at least 16 channels")
 
 
+# model -> (weights key, its inference copy). Kept outside the module so that the copy is in neither
+# ``state_dict()`` nor the module tree, and is not deep-copied or pickled with the model.
+_INFERENCE_NETS: "weakref.WeakKeyDictionary[GFL, tuple[tuple, GFL]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: nn.Module, device: torch.device) -> tuple:
+    """Changes whenever any weight or buffer may have: an in-place update (an optimizer step,
+    ``load_state_dict``'s ``copy_``, BN statistics in train mode) bumps a tensor's version counter, and
+    ``.to()`` or ``p.data = ...`` gives it new storage."""
+    return (device,) + tuple((t.data_ptr(), t._version, t.dtype)
+                             for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 class GFL(nn.Module):
     def __init__(self, cfg: GFLConfig):
         super().__init__()
@@ -43,6 +58,7 @@ class GFL(nn.Module):
         # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs
         # are faster on CPU (see cfg.channels_last).
         self._nhwc = False
+        self._inference = False  # True on the inference copy (gflnb.fuse.inference_model) itself
         if cfg.channels_last:
             _check_nhwc_safe(self)  # training in NHWC; inference alone (gflnb.fuse) has no backward to crash
             self.use_channels_last()
@@ -51,6 +67,30 @@ class GFL(nn.Module):
         """NHWC weights from now on, and NHWC inputs in ``extract_feat`` (in place; returns self)."""
         self._nhwc = True
         return self.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "GFL":
+        if mode:  # the weights are about to change: the next eval-mode predict builds its copy anew
+            _INFERENCE_NETS.pop(self, None)
+        return super().train(mode)
+
+    def inference_net(self, device: Optional[torch.device | str] = None) -> "GFL":
+        """The inference path of this model's current weights: an eval-mode copy with the backbone's
+        BatchNorm folded into its convs, NHWC on CPU (:func:`gflnb.fuse.inference_model`).
+
+        Built on first use and kept until the weights change (``load_state_dict``, a training step,
+        ``train()``, ``.to()``), so a loop of calls makes one copy. ``self`` is left as it is: its
+        ``state_dict()`` keeps mmdetection's keys. On the copy itself this returns the copy.
+        """
+        dev = torch.device(device) if device is not None else next(self.parameters()).device
+        if self._inference:
+            return self.to(dev)
+        key = _weights_key(self, dev)
+        hit = _INFERENCE_NETS.get(self)
+        if hit is None or hit[0] != key:
+            from .fuse import inference_model
+            hit = (key, inference_model(self, dev))
+            _INFERENCE_NETS[self] = hit
+        return hit[1]
 
     def init_weights(self) -> None:
         """Load the backbone's ImageNet weights named by ``cfg.pretrained_backbone`` (if any)."""
@@ -73,8 +113,15 @@ class GFL(nn.Module):
         return self.bbox_head.loss(cls_scores, bbox_preds, targets, metas)
 
     def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]], rescale: bool = True,
-                **test_overrides: Any) -> list[dict[str, Tensor]]:
-        cls_scores, bbox_preds = self(images)
+                fast: bool = True, **test_overrides: Any) -> list[dict[str, Tensor]]:
+        """Detections per image, sorted by score: ``dict(boxes [K, 4], scores [K], labels [K])``.
+
+        In eval mode (and ``fast``) the forward runs on :meth:`inference_net`, BN folded and NHWC on
+        CPU, with the same outputs to fp32 rounding; ``fast=False`` or train mode runs the model as
+        built.
+        """
+        net = self.inference_net(images.device) if fast and not self.training else self
+        cls_scores, bbox_preds = net(images)
         c = self.cfg
         kw = dict(score_thr=c.score_thr, nms_pre=c.nms_pre, iou_threshold=c.iou_threshold,
                   max_per_img=c.max_per_img, min_bbox_size=c.min_bbox_size)

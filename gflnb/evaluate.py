@@ -36,24 +36,23 @@ def predict_dataset(model: nn.Module, ds: CocoDetection, device: torch.device | 
                     progress: bool = True, fast: bool = True) -> list[dict]:
     """Detections of every image as COCO results: ``{image_id, category_id, bbox [x, y, w, h], score}``.
 
-    ``fast`` runs :func:`gflnb.fuse.inference_model` (BN folded, NHWC on CPU); ``False`` runs the
-    model as built.
+    ``fast`` runs the model's inference path (``GFL.inference_net``: BN folded, NHWC on CPU);
+    ``False`` runs the model as built. ``model`` is left in the mode it was in.
     """
-    if fast:
-        from .fuse import inference_model
-        model = inference_model(model, device)
+    was_training = model.training
     model.eval()
     batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
     results = []
     for images, _, metas in tqdm(make_loader(ds, batches), total=len(batches), desc="evaluate", unit="batch",
                                  disable=not progress, leave=False):
-        dets = model.predict(images.to(device), metas, rescale=True)
+        dets = model.predict(images.to(device), metas, rescale=True, fast=fast)
         for det, meta in zip(dets, metas):
             b = det["boxes"].float().cpu().numpy()
             for (x1, y1, x2, y2), s, lab in zip(b, det["scores"].cpu().tolist(), det["labels"].cpu().tolist()):
                 results.append(dict(image_id=int(meta["img_id"]), category_id=int(ds.label2cat[lab]),
                                     bbox=[round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3),
                                           round(float(y2 - y1), 3)], score=round(float(s), 5)))
+    model.train(was_training)
     return results
 
 

@@ -4,8 +4,9 @@ In eval mode a BN is an affine map per channel, so ``conv -> BN`` equals one con
 weights and a bias; folding saves a full memory pass per conv (about 10% of R-50 inference on
 CPU). It works on a copy: the original keeps mmdetection's state-dict keys for checkpoints.
 
-:func:`inference_model` is what ``gflnb evaluate``, :func:`gflnb.evaluate.predict_dataset`, the
-notebooks and the benchmark's ``gflnb`` row run, so the speed reported is the speed users get.
+:func:`inference_model` builds the copy that ``GFL.inference_net`` keeps and ``GFL.predict`` runs in
+eval mode, so ``gflnb evaluate``, the notebooks and the benchmark's ``gflnb`` row all run it, and the
+speed reported is the speed users get.
 """
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ def fuse_for_inference(model: GFL) -> GFL:
             for c, b in _PAIRS:
                 _fold(block, c, b)
             ds = getattr(block, "downsample", None)
-            if isinstance(ds, nn.Sequential) and len(ds) == 2 and type(ds[0]) is nn.Conv2d:
+            if (isinstance(ds, nn.Sequential) and len(ds) == 2 and type(ds[0]) is nn.Conv2d
+                    and isinstance(ds[1], nn.BatchNorm2d)):
                 ds[0] = fuse_conv_bn_eval(ds[0], ds[1])
                 ds[1] = nn.Identity()
     if fused._nhwc:
         fused.use_channels_last()  # the folded convs are new tensors, in NCHW
+    fused._inference = True  # already folded: its own predict runs it as it is
     return fused
 
 
@@ -59,5 +62,5 @@ def inference_model(model: GFL, device: Optional[torch.device | str] = None) -> 
     fused = fuse_for_inference(model)
     if dev.type == "cpu":
         fused.use_channels_last()
-    fused._inference = True
+    fused.requires_grad_(False)  # no autograd graph even when a caller forgets torch.no_grad()
     return fused.to(dev)

@@ -325,3 +325,77 @@ def test_bn_folding_matches_and_leaves_the_original(r18):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fd(x)[0][0], dcn(x)[0][0], rtol=1e-4, atol=1e-4)
+
+
+def test_plain_predict_matches_the_reference(r18):
+    """``fast=False`` is the model as built; the eval-mode default goes through the inference path
+    (test_inference_path_matches_the_reference): both give the reference's detections."""
+    x = INPUTS["inputs"]["H250xW370_pad256x384"]
+    run = IO["runs"][1]
+    with torch.no_grad():
+        match_as_sets(r18.predict(x, [run["img_meta"]], fast=False)[0], run["predict_rescale_true"])
+
+
+def _demo_batch():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 160)
+    metas = [dict(img_shape=(128, 160), pad_shape=(128, 160), scale_factor=(1.0, 1.0))] * 2
+    targets = [dict(boxes=torch.tensor([[10., 20., 90., 100.]]), labels=torch.tensor([1]))] * 2
+    return x, metas, targets
+
+
+def _assert_same_dets(a, b):
+    for da, db in zip(a, b):
+        assert da["labels"].tolist() == db["labels"].tolist()
+        torch.testing.assert_close(da["boxes"], db["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(da["scores"], db["scores"], rtol=0, atol=1e-5)
+
+
+def test_eval_predict_runs_the_inference_path_and_rebuilds_it_when_weights_change():
+    model = build_model("gfl_cpu_demo", num_classes=3, pretrained_backbone=False, score_thr=0.0)
+    with torch.no_grad():
+        model.bbox_head.gfl_cls.bias.fill_(-1.0)  # scores above the threshold for the comparisons below
+    keys, modules = list(model.state_dict()), [n for n, _ in model.named_modules()]
+    x, metas, targets = _demo_batch()
+    model.eval()
+    net = model.inference_net()
+    assert net is not model and net._nhwc and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert not any(p.requires_grad for p in net.parameters())  # no graph without torch.no_grad()
+    assert model.inference_net() is net  # built once
+    dets = model.predict(x, metas)
+    assert model.inference_net() is net and len(dets[0]["scores"]) > 0
+    _assert_same_dets(dets, model.predict(x, metas, fast=False))
+    assert list(model.state_dict()) == keys and [n for n, _ in model.named_modules()] == modules
+
+    # load_state_dict: new weights, new copy, its predictions those of the new weights
+    torch.manual_seed(1)
+    other = build_model("gfl_cpu_demo", num_classes=3, pretrained_backbone=False, score_thr=0.0)
+    with torch.no_grad():
+        other.bbox_head.gfl_cls.bias.fill_(-1.0)
+    model.load_state_dict(other.state_dict())
+    net2 = model.inference_net()
+    assert net2 is not net
+    _assert_same_dets(model.predict(x, metas), other.eval().predict(x, metas, fast=False))
+
+    # a training step, then eval(): rebuilt, and equal to the plain path of the stepped weights
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sum(model.loss(x, targets, metas).values()).backward()
+    opt.step()
+    model.eval()
+    net3 = model.inference_net()
+    assert net3 is not net2
+    _assert_same_dets(model.predict(x, metas), model.predict(x, metas, fast=False))
+
+    # train() then eval() without a step also starts anew; an in-place edit of one weight too
+    model.train().eval()
+    assert model.inference_net() is not net3
+    net4 = model.inference_net()
+    with torch.no_grad():
+        model.bbox_head.gfl_cls.bias.add_(0.5)
+    assert model.inference_net() is not net4
+    _assert_same_dets(model.predict(x, metas), model.predict(x, metas, fast=False))
+
+    import copy
+    clone = copy.deepcopy(model.eval())  # the cache is not part of the model
+    assert clone.inference_net() is not model.inference_net()
