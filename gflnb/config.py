@@ -21,8 +21,9 @@ class ConfigError(ValueError):
 
 # The paper's ablations (GFL_SPEC / PAPER_TABLES): the values of ``quality`` (Table 1a, plus
 # GFLv2's DGQP) and ``box`` (Table 2a). gflnb.quality and gflnb.boxcoder implement one each.
-QUALITIES = ("none", "centerness", "iou", "qfl", "dgqp")
-BOXES = ("dirac", "integral", "dfl")
+QUALITIES = ("none", "centerness", "iou", "centerness_guided", "iou_guided", "qfl", "dgqp")
+BOXES = ("dirac", "gaussian", "integral", "dfl")
+BINNED_BOXES = ("integral", "dfl")  # the boxes with a distribution over bins (DGQP, bin_interval)
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,11 @@ class GFLConfig:
     loss_cls_weight: float = 1.0
     loss_bbox_weight: float = 2.0
     loss_dfl_weight: float = 0.25
-    # ---- ablated variants (defaults: GFL). Table 3's QFL x DFL grid is quality in {none, qfl} x
-    # box in {integral, dfl}; its "neither" row is the ATSS-like focal + GIoU baseline.
-    quality: str = "qfl"  # none | centerness | iou | qfl | dgqp (see gflnb/quality.py)
-    box: str = "dfl"  # dirac | integral | dfl (see gflnb/boxcoder.py)
+    # ---- ablated variants (defaults: GFL). Table 3's QFL x DFL grid is quality in {centerness, qfl}
+    # x box in {dirac, dfl}; its "neither" row is ATSS as published (centerness branch, Dirac box).
+    quality: str = "qfl"  # none | centerness | iou | centerness_guided | iou_guided | qfl | dgqp (gflnb/quality.py)
+    box: str = "dfl"  # dirac | gaussian | integral | dfl (see gflnb/boxcoder.py)
+    bin_interval: float = 1.0  # Table 2c: width of the distribution's bins, in strides (integral/dfl)
     loss_quality_weight: float = 1.0  # BCE of a separate centerness/IoU branch (ATSS: 1.0)
     focal_alpha: float = 0.25  # focal loss of the variants without a joint score (RetinaNet/ATSS)
     focal_gamma: float = 2.0
@@ -226,8 +228,12 @@ def validate(cfg: GFLConfig) -> GFLConfig:
         bad(f"quality must be one of {', '.join(map(repr, QUALITIES))}, got {cfg.quality!r}")
     if cfg.box not in BOXES:
         bad(f"box must be one of {', '.join(map(repr, BOXES))}, got {cfg.box!r}")
-    if cfg.quality == "dgqp" and cfg.box == "dirac":
-        bad("quality 'dgqp' reads the box distribution: it needs box 'integral' or 'dfl', not 'dirac'")
+    if cfg.quality == "dgqp" and cfg.box not in BINNED_BOXES:
+        bad(f"quality 'dgqp' reads the box distribution: it needs box 'integral' or 'dfl', not {cfg.box!r}")
+    if not cfg.bin_interval > 0:
+        bad(f"bin_interval must be > 0, got {cfg.bin_interval}")
+    if cfg.bin_interval != 1 and cfg.box not in BINNED_BOXES:
+        bad(f"bin_interval is the width of a distribution's bins; box {cfg.box!r} has none")
     if cfg.quality == "dgqp" and not 1 <= cfg.dgqp_topk <= cfg.reg_max + 1:
         bad(f"dgqp_topk must be in [1, reg_max+1={cfg.reg_max + 1}], got {cfg.dgqp_topk}")
     if cfg.qfl_beta < 0 or cfg.focal_gamma < 0 or not 0 <= cfg.focal_alpha <= 1:

@@ -10,8 +10,9 @@ coder's channels (``4(R+1)`` distribution logits, or 4 distances for ``dirac``) 
 quality branch's (1 logit for ``centerness``/``iou``, none otherwise).
 
 Loss dict: always ``loss_cls``, ``loss_bbox``, ``loss_dfl`` (an exact zero that stays in the
-graph for ``box`` 'integral'/'dirac', so logs and plots keep one schema), plus ``loss_quality``
-for a separate centerness/IoU branch.
+graph for ``box`` 'integral'/'dirac'/'gaussian', so logs and plots keep one schema), then the box
+coder's own terms (``loss_kl`` for 'gaussian'), then ``loss_quality`` for a separate
+centerness/IoU branch.
 """
 from __future__ import annotations
 
@@ -84,12 +85,12 @@ class GFLHead(nn.Module):
                  octave_base_scale: int = 8, topk: int = 9, qfl_beta: float = 2.0, loss_cls_weight: float = 1.0,
                  loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25, *, quality: str = "qfl",
                  box: str = "dfl", loss_quality_weight: float = 1.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, dgqp_topk: int = 4, dgqp_channels: int = 64):
+                 focal_gamma: float = 2.0, dgqp_topk: int = 4, dgqp_channels: int = 64, bin_interval: float = 1.0):
         super().__init__()
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
         self.octave_base_scale, self.topk, self.qfl_beta = octave_base_scale, topk, qfl_beta
         self.loss_weights = (loss_cls_weight, loss_bbox_weight, loss_dfl_weight)
-        self.box_coder = build_box_coder(box, reg_max)  # a plain object: no state-dict keys
+        self.box_coder = build_box_coder(box, reg_max, bin_interval)  # a plain object: no state-dict keys
         if quality == "dgqp" and not self.box_coder.has_distribution:
             raise ConfigError(f"quality 'dgqp' reads the box distribution: it needs box 'integral' or 'dfl', "
                               f"not {box!r}")
@@ -222,15 +223,19 @@ class GFLHead(nn.Module):
             weight = self.quality.box_weight(positives)  # [P], detached
             loss_bbox = w_bbox * (giou_loss(pred_box, gt_box) * weight).sum() / (1.0 + AVG_EPS)
             loss_dfl = self.box_coder.dfl_loss(pos_reg, ctr, gt_box, weight, w_dfl)
+            # the coder's own terms (Gaussian: KL) weigh as DFL does: loss_dfl_weight, the same weights
+            box_extra = self.box_coder.extra_losses(pos_reg, ctr, gt_box, weight, w_dfl)
             weight_sum = weight.sum()
         else:
             loss_bbox = box_reg.sum() * 0
             loss_dfl = box_reg.sum() * 0
+            box_extra = {k: box_reg.sum() * 0 for k in self.box_coder.extra_loss_names}
             weight_sum = reg.new_tensor(0.0)
 
         cls_losses = self.quality.loss(cls, box_reg, extra, labels, label_weights, positives, avg_factor)
         norm = self.quality.box_norm(dist.reduce_mean(weight_sum.detach()).item())
         out = dict(loss_cls=cls_losses.pop("loss_cls"), loss_bbox=loss_bbox / norm, loss_dfl=loss_dfl / norm)
+        out.update({k: v / norm for k, v in box_extra.items()})  # nothing for the reference's coders
         out.update(cls_losses)  # loss_quality of a separate branch
         return out
 

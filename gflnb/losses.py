@@ -1,5 +1,6 @@
 """Quality Focal Loss, Distribution Focal Loss and the GIoU loss (GFL, Li et al. 2020), plus the
-focal loss and QFL-on-probabilities that the paper's ablated variants use.
+focal loss, QFL on probabilities and the Gaussian KL loss that the paper's
+ablated variants use.
 
 Per-sample functions return unreduced losses that stay in the autograd graph; ``reduce_loss``
 applies mmdetection's weight / avg_factor reduction (``sum(loss * weight) / (avg_factor + eps)``
@@ -104,6 +105,16 @@ def quality_focal_loss_prob(probs: Tensor, labels: Tensor, scores: Tensor, beta:
     with torch.autocast(device_type=p.device.type, enabled=False):
         bce = F.binary_cross_entropy(p, target, reduction="none")
         return (bce * (p - target).abs().pow(beta)).sum(dim=1)
+
+
+def kl_box_loss(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:
+    """He et al. 2019's KL loss of a Gaussian side ``N(mean, exp(log_var))`` against a Dirac at ``target``.
+
+    ``exp(-alpha) * smoothL1(mean - target) + alpha / 2`` with ``alpha = log_var`` and the smooth L1
+    of beta 1 (``d^2/2`` below 1, ``|d| - 1/2`` above), the constants of the KL dropped as there.
+    Element-wise on equal shapes (``[P, 4]``); it can be negative where the variance is small.
+    """
+    return torch.exp(-log_var) * F.smooth_l1_loss(mean, target, reduction="none", beta=1.0) + log_var / 2
 
 
 def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

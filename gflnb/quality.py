@@ -5,6 +5,9 @@ detection score, what trains it, and how much each positive weighs in the box lo
 * ``centerness``: focal loss; a 3x3 conv on the reg tower trained with BCE against the
   centerness target (``loss_quality``); box-loss weight the centerness target (ATSSHead).
 * ``iou``: focal loss; the same conv trained with BCE against the detached IoU; weight 1.
+* ``centerness_guided`` / ``iou_guided`` (Table 1a's implicit rows): focal loss on one-hot labels,
+  each positive anchor's term weighted by its centerness target / detached IoU; no branch, the
+  class score alone at test time; box-loss weight as the separate branch of the same quality.
 * ``qfl``: QFL on the joint class-IoU logit (GFL, the default); weight max_c sigmoid(cls).
 * ``dgqp``: QFL on probabilities of sigmoid(cls) x DGQP(box distribution) (GFLv2); weight
   max_c of that joint score.
@@ -184,29 +187,71 @@ class SeparateQuality(FocalQuality):
         return dict(loss_cls=self._loss_cls(cls, labels, label_weights, avg_factor), loss_quality=loss_q)
 
 
-class CenternessQuality(SeparateQuality):
-    """``centerness``: ATSS as published; the centerness target also weights the box losses."""
-
-    name = "centerness"
+class CenternessTarget:
+    """The centerness target (FCOS/ATSS), which also weights the box losses (ATSSHead)."""
 
     def target(self, pos: Positives) -> Tensor:
+        """``[P]`` in (0, 1]."""
         return centerness_target(pos.points, pos.gt_boxes)
 
     def box_weight(self, pos: Positives) -> Tensor:
         return self.target(pos)
 
 
-class IoUQuality(SeparateQuality):
-    """``iou``: the same branch predicting the IoU of the decoded box with its gt.
+class IoUTarget:
+    """The IoU of the detached decoded box with its gt.
 
-    The box losses are not weighted by that IoU (weight 1): it is a function of the prediction
-    itself and near 0 early on, which would starve the regression it measures.
+    The box losses are not weighted by that IoU (weight 1, FocalQuality's): it is a function of the
+    prediction itself and near 0 early on, which would starve the regression it measures.
     """
+
+    def target(self, pos: Positives) -> Tensor:
+        """``[P]`` in [0, 1], no gradient."""
+        return pos.iou.detach()
+
+
+class CenternessQuality(CenternessTarget, SeparateQuality):
+    """``centerness``: ATSS as published; the centerness target also weights the box losses."""
+
+    name = "centerness"
+
+
+class IoUQuality(IoUTarget, SeparateQuality):
+    """``iou``: the same branch predicting the IoU of the decoded box with its gt."""
 
     name = "iou"
 
+
+class GuidedQuality(FocalQuality):
+    """Implicit weighting (Table 1a's "guided" rows): no branch, the quality enters only as the weight
+    of each positive anchor's focal-loss term (all its classes, as mmdet's per-anchor weight), so
+    the class score is trained towards 1 harder where the box is good and scored alone at test time.
+    Negatives keep weight 1; the normaliser is the head's, as for every variant.
+    """
+
     def target(self, pos: Positives) -> Tensor:
-        return pos.iou.detach()
+        """``[P]`` the weights of the positives' classification terms."""
+        raise NotImplementedError
+
+    def loss(self, cls: Tensor, reg: Tensor, extra: Tensor, labels: Tensor, label_weights: Tensor,
+             pos: Optional[Positives], avg_factor: float) -> dict[str, Tensor]:
+        weights = label_weights  # [N]
+        if pos is not None:
+            weights = label_weights.clone()
+            weights[pos.index] = label_weights[pos.index] * self.target(pos).detach().to(weights.dtype)
+        return dict(loss_cls=self._loss_cls(cls, labels, weights, avg_factor))
+
+
+class CenternessGuidedQuality(CenternessTarget, GuidedQuality):
+    """``centerness_guided``: positives' focal loss weighted by the centerness target (and the box losses)."""
+
+    name = "centerness_guided"
+
+
+class IoUGuidedQuality(IoUTarget, GuidedQuality):
+    """``iou_guided``: positives' focal loss weighted by the detached IoU; box-loss weight 1."""
+
+    name = "iou_guided"
 
 
 class QFLQuality(Quality):
@@ -297,7 +342,8 @@ class DGQPQuality(Quality):
         return dict(loss_cls=self.loss_cls_weight * (qfl * label_weights).sum() / (avg_factor + AVG_EPS))
 
 
-_QUALITIES = {q.name: q for q in (FocalQuality, CenternessQuality, IoUQuality, QFLQuality, DGQPQuality)}
+_QUALITIES = {q.name: q for q in (FocalQuality, CenternessQuality, IoUQuality, CenternessGuidedQuality,
+                                   IoUGuidedQuality, QFLQuality, DGQPQuality)}
 assert tuple(sorted(_QUALITIES)) == tuple(sorted(QUALITIES)), "config.QUALITIES and the components disagree"
 
 
@@ -307,8 +353,8 @@ def build_quality(quality: str, *, feat_channels: int, reg_max: int, loss_cls_we
     """The component named by the config's ``quality`` field."""
     if quality == "qfl":
         return QFLQuality(loss_cls_weight, qfl_beta)
-    if quality == "none":
-        return FocalQuality(loss_cls_weight, focal_alpha, focal_gamma)
+    if quality in ("none", "centerness_guided", "iou_guided"):
+        return _QUALITIES[quality](loss_cls_weight, focal_alpha, focal_gamma)
     if quality in ("centerness", "iou"):
         return _QUALITIES[quality](feat_channels, loss_cls_weight, focal_alpha, focal_gamma, loss_quality_weight)
     if quality == "dgqp":

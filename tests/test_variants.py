@@ -1,6 +1,7 @@
-"""The paper's ablated variants (Table 1a quality, 1c beta, 2a box, 2b reg_max, Table 3, GFLv2's
-DGQP): each component on cases small enough to compute by hand, then each variant trained for a
-few AdamW steps on a fixed tiny batch and run through ``GFL.predict``."""
+"""The paper's ablated variants (Table 1a quality with its implicit-weighting rows, 1c beta, 2a box
+with the Gaussian, 2b reg_max, 2c bin interval, Table 3, GFLv2's DGQP): each component on cases small
+enough to compute by hand, then each variant trained for a few AdamW steps on a fixed tiny batch and
+run through ``GFL.predict``."""
 import math
 
 import cv2
@@ -11,14 +12,16 @@ import torch.nn.functional as F
 import torchvision
 
 from gflnb import build_model
-from gflnb.boxcoder import DFLCoder, DiracCoder, IntegralCoder, build_box_coder
+from gflnb.boxcoder import DFLCoder, DiracCoder, GaussianCoder, IntegralCoder, build_box_coder
 from gflnb.boxes import distance2bbox
 from gflnb.config import BOXES, QUALITIES, ConfigError, get_config, parse_set
 from gflnb.head import GFLHead
-from gflnb.losses import quality_focal_loss, quality_focal_loss_autograd, quality_focal_loss_prob, sigmoid_focal_loss
+from gflnb.losses import (AVG_EPS, kl_box_loss, quality_focal_loss, quality_focal_loss_autograd,
+                          quality_focal_loss_prob, sigmoid_focal_loss)
 from gflnb.preprocess import preprocess
-from gflnb.quality import (CenternessQuality, DGQPQuality, FocalQuality, IoUQuality, Positives, QFLQuality,
-                           build_quality, centerness_target, dgqp_features)
+from gflnb.quality import (CenternessGuidedQuality, CenternessQuality, DGQPQuality, FocalQuality,
+                           IoUGuidedQuality, IoUQuality, Positives, QFLQuality, build_quality, centerness_target,
+                           dgqp_features)
 from gflnb.synth import render_image
 
 D = torch.float64
@@ -104,6 +107,36 @@ def test_separate_branch_scores_are_products_thresholded_on_the_class():
     out = h.predict([cls], [reg], meta, with_nms=False)[0]
     assert out["labels"].tolist() == [1]  # kept: mmdet 3.x thresholds the class score alone
     close(out["scores"], [0.9 * 0.01])
+
+
+# ----------------------------------------------------------------- implicit weighting (Table 1a's guided rows)
+def test_guided_focal_loss_by_hand():
+    # a positive of class 0 at (5, 2) in the box (0, 0, 10, 10): centerness sqrt(2/8 * 1) = 0.5, IoU
+    # 0.25; logits (0, 0): alpha (1-p)^2 ln 2 + (1-alpha) p^2 ln 2 = (.0625 + .1875) ln 2 = .25 ln 2.
+    # A negative with logits (0, 0): 2 * .75 * .25 ln 2 = .375 ln 2. Normaliser: avg_factor 1 (+ eps).
+    pos = positives([0.0], [0.25], torch.tensor([[5.0, 2.0]], dtype=D), torch.tensor([[0.0, 0.0, 10.0, 10.0]], dtype=D))
+    pos = Positives(**{**pos.__dict__, "extra": torch.zeros(1, 0, dtype=D)})
+    cls = torch.zeros(2, 2, dtype=D, requires_grad=True)
+    labels, lw = torch.tensor([0, 2]), torch.ones(2, dtype=D)
+    for q, w in ((CenternessGuidedQuality(), 0.5), (IoUGuidedQuality(), 0.25)):
+        assert q.extra_channels == 0 and q.branch(torch.zeros(1, 4, 2, 2)) is None
+        out = q.loss(cls, pos.reg, pos.extra, labels, lw, pos, avg_factor=1.0)
+        assert list(out) == ["loss_cls"]
+        close(out["loss_cls"], (w * 0.25 * LN2 + 0.375 * LN2) / (1 + AVG_EPS))
+        scores, factor = q.scores(cls.detach(), pos.reg, pos.extra)
+        assert factor is None and torch.equal(scores, cls.detach().sigmoid())  # the class score alone
+    close(CenternessGuidedQuality().box_weight(pos), [0.5])  # as ATSS's centerness
+    close(IoUGuidedQuality().box_weight(pos), [1.0])  # as the IoU branch
+    # the weight scales the positive's gradient and is itself not trained: label 0's d/dx = w * dFL/dx
+    ref = torch.zeros(2, 2, dtype=D, requires_grad=True)
+    sigmoid_focal_loss(ref, labels).sum().backward()
+    cls.grad = None
+    CenternessGuidedQuality().loss(cls, pos.reg, pos.extra, labels, lw, pos, 1.0)["loss_cls"].backward()
+    close(cls.grad[0], 0.5 * ref.grad[0] / (1 + AVG_EPS))
+    close(cls.grad[1], ref.grad[1] / (1 + AVG_EPS))
+    # no positive: plain focal loss
+    none = IoUGuidedQuality().loss(cls, pos.reg, pos.extra, torch.tensor([2, 2]), lw, None, 1.0)["loss_cls"]
+    close(none, 2 * 0.375 * LN2 / (1 + AVG_EPS))
 
 
 # ----------------------------------------------------------------- QFL beta (Table 1c) and QFL on probabilities
@@ -212,6 +245,74 @@ def test_dirac_predict_by_hand():
         h.predict([cls], [reg], meta, with_dist=True)
 
 
+def test_gaussian_kl_loss_and_decode_by_hand():
+    # per side (mean, log-variance, target): (1, 0, 1.5): d = .5 -> .5^2/2 = .125; (2, ln 4, 2): d = 0
+    # -> ln 4 / 2 = ln 2; (3, 0, 5): |d| = 2 > 1 -> 2 - .5 = 1.5; (4, ln 2, 4.5): e^-ln2 * .125 + ln 2 / 2
+    mean = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=D)
+    log_var = torch.tensor([[0.0, math.log(4.0), 0.0, LN2]], dtype=D)
+    target = torch.tensor([[1.5, 2.0, 5.0, 4.5]], dtype=D)
+    per_side = [0.125, LN2, 1.5, 0.0625 + LN2 / 2]
+    close(kl_box_loss(mean, log_var, target), [per_side])
+    c = GaussianCoder()
+    assert (c.channels, c.has_distribution, c.extra_loss_names) == (8, False, ("loss_kl",))
+    reg = torch.cat([mean * torch.tensor([1.0, 1.0, 1.0, -1.0], dtype=D), log_var], dim=1)  # [1, 8]
+    close(c.decode(reg), [[1.0, 2.0, 3.0, 0.0]])  # the means, a negative one clamped as the Dirac's
+    # the KL reads the unclamped mean: for the 4th side -4 against 4.5, |d| = 8.5 -> e^-ln2 * 8 + ln 2 / 2
+    ctr = torch.tensor([[10.0, 10.0]], dtype=D)
+    gt = torch.tensor([[8.5, 8.0, 15.0, 14.5]], dtype=D)  # distances (1.5, 2, 5, 4.5)
+    kl = c.extra_losses(reg, ctr, gt, torch.tensor([0.5], dtype=D), loss_weight=0.25)
+    by_hand = 0.25 * 0.5 * (0.125 + LN2 + 1.5 + 4.0 + LN2 / 2) / (4 + AVG_EPS)
+    assert list(kl) == ["loss_kl"]
+    close(kl["loss_kl"], by_hand)
+    close(c.dfl_loss(reg, ctr, gt, torch.ones(1, dtype=D), 0.25), 0.0)
+    with pytest.raises(ValueError, match="'gaussian' has no distribution"):
+        c.distribution(reg)
+
+
+def test_bin_interval_decode_and_dfl_target_by_hand():
+    # reg_max 4, interval 2: bin j is 2j strides. p = (.1, .2, .3, .25, .15) on every side: the
+    # Integral reads .2 + .6 + .75 + .6 = 2.15 bins = 4.3 strides
+    p = torch.tensor([0.1, 0.2, 0.3, 0.25, 0.15], dtype=D)
+    reg = p.log().repeat(4)[None]  # [1, 20]
+    c = DFLCoder(4, bin_interval=2.0)
+    close(c.decode(reg), [[4.3] * 4])
+    close(DFLCoder(4).decode(reg), [[2.15] * 4])
+    # sides 3, 1, 20 and 4 strides = 1.5, 0.5, 10 (clamped to 3.9) and 2 bins
+    ctr = torch.tensor([[10.0, 10.0]], dtype=D)
+    gt = torch.tensor([[7.0, 9.0, 30.0, 14.0]], dtype=D)
+    ce = -p.log()
+    sides = [0.5 * ce[1] + 0.5 * ce[2], 0.5 * ce[0] + 0.5 * ce[1], 0.1 * ce[3] + 0.9 * ce[4], ce[2]]
+    close(c.dfl_loss(reg, ctr, gt, torch.ones(1, dtype=D), 0.25), 0.25 * sum(sides) / (4 + AVG_EPS))
+    # interval 1 is the reference: the same numbers as the default coder, bit for bit
+    ref = DFLCoder(4)
+    assert torch.equal(DFLCoder(4, bin_interval=1.0).dfl_loss(reg, ctr, gt, torch.ones(1, dtype=D), 0.25),
+                       ref.dfl_loss(reg, ctr, gt, torch.ones(1, dtype=D), 0.25))
+    with pytest.raises(ConfigError, match="bin_interval must be > 0"):
+        IntegralCoder(4, bin_interval=-1.0)
+
+
+def test_gaussian_head_loss_keys_and_no_positive():
+    h, feats, gt, meta = head_and_inputs(quality="centerness", box="gaussian")
+    assert h.reg_channels == 9 and h.integral is None
+    losses = h.loss(*h(feats), gt, meta)
+    assert list(losses) == ["loss_cls", "loss_bbox", "loss_dfl", "loss_kl", "loss_quality"]
+    assert losses["loss_kl"].item() != 0 and losses["loss_dfl"].item() == 0
+    empty = [dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))]
+    losses = h.loss(*h(feats), empty, meta)
+    assert losses["loss_kl"].item() == 0 and losses["loss_kl"].requires_grad
+
+
+def test_bin_interval_one_is_the_reference_head():
+    h_ref, feats, gt, meta = head_and_inputs()
+    h_one, _, _, _ = head_and_inputs(bin_interval=1.0)
+    a, b = h_ref.loss(*h_ref(feats), gt, meta), h_one.loss(*h_one(feats), gt, meta)
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    h_two, _, _, _ = head_and_inputs(bin_interval=2.0)
+    c = h_two.loss(*h_two(feats), gt, meta)
+    # twice the bin width: other decoded boxes (so other IoU targets for QFL) and other DFL targets
+    assert all(not torch.equal(a[k], c[k]) for k in a)
+
+
 def head_and_inputs(**kw):
     """mmdet's unit-test setup, small: random features and one gt of label 2."""
     torch.manual_seed(0)
@@ -262,13 +363,21 @@ def test_config_fields_defaults_and_errors():
     cfg = get_config("gfl_r50_fpn_1x_coco")
     assert (cfg.quality, cfg.box, cfg.qfl_beta, cfg.reg_max) == ("qfl", "dfl", 2.0, 16)
     assert get_config("gfl_cpu_demo", quality="centerness", box="dirac").quality == "centerness"
-    with pytest.raises(ConfigError, match=r"quality must be one of 'none', 'centerness', 'iou', 'qfl', 'dgqp', "
-                                          r"got 'qf'"):
+    with pytest.raises(ConfigError, match=r"quality must be one of 'none', 'centerness', 'iou', 'centerness_guided', "
+                                          r"'iou_guided', 'qfl', 'dgqp', got 'qf'"):
         get_config("gfl_cpu_demo", quality="qf")
-    with pytest.raises(ConfigError, match=r"box must be one of 'dirac', 'integral', 'dfl', got 'gaussian'"):
-        get_config("gfl_cpu_demo", box="gaussian")
-    with pytest.raises(ConfigError, match="dgqp.*distribution"):
-        get_config("gfl_cpu_demo", quality="dgqp", box="dirac")
+    with pytest.raises(ConfigError, match=r"box must be one of 'dirac', 'gaussian', 'integral', 'dfl', got 'gauss'"):
+        get_config("gfl_cpu_demo", box="gauss")
+    for box in ("dirac", "gaussian"):
+        with pytest.raises(ConfigError, match=f"dgqp.*distribution.*not '{box}'"):
+            get_config("gfl_cpu_demo", quality="dgqp", box=box)
+        with pytest.raises(ConfigError, match=f"bin_interval.*box '{box}' has none"):
+            get_config("gfl_cpu_demo", box=box, bin_interval=2)
+        with pytest.raises(ConfigError, match="has none"):
+            build_box_coder(box, 16, bin_interval=0.5)
+    with pytest.raises(ConfigError, match="bin_interval must be > 0"):
+        get_config("gfl_cpu_demo", bin_interval=0)
+    assert get_config("gfl_cpu_demo").bin_interval == 1.0 and parse_set("bin_interval=0.5") == ("bin_interval", 0.5)
     with pytest.raises(ConfigError, match="expects a string"):
         get_config("gfl_cpu_demo", quality=3)
     with pytest.raises(ConfigError, match="qfl_beta"):
@@ -282,10 +391,11 @@ def test_config_fields_defaults_and_errors():
     with pytest.raises(ConfigError, match="dgqp"):
         GFLHead(3, quality="dgqp", box="dirac")
     kinds = {q: type(build_quality(q, feat_channels=4, reg_max=16)) for q in QUALITIES}
-    assert kinds == dict(none=FocalQuality, centerness=CenternessQuality, iou=IoUQuality, qfl=QFLQuality,
+    assert kinds == dict(none=FocalQuality, centerness=CenternessQuality, iou=IoUQuality,
+                         centerness_guided=CenternessGuidedQuality, iou_guided=IoUGuidedQuality, qfl=QFLQuality,
                          dgqp=DGQPQuality)
-    assert {b: type(build_box_coder(b, 16)) for b in BOXES} == dict(dirac=DiracCoder, integral=IntegralCoder,
-                                                                    dfl=DFLCoder)
+    assert {b: type(build_box_coder(b, 16)) for b in BOXES} == dict(dirac=DiracCoder, gaussian=GaussianCoder,
+                                                                    integral=IntegralCoder, dfl=DFLCoder)
 
 
 def head_keys(**kw):
@@ -297,7 +407,8 @@ def test_state_dict_keys_change_only_for_new_branches():
     base = head_keys()
     assert len(base) == 368
     for kw in (dict(quality="qfl", box="dfl"), dict(quality="none"), dict(box="integral"), dict(qfl_beta=0.0),
-               dict(quality="none", box="integral")):
+               dict(quality="none", box="integral"), dict(quality="centerness_guided"), dict(quality="iou_guided"),
+               dict(bin_interval=2.0)):
         assert head_keys(**kw) == base
     for q in ("centerness", "iou"):
         extra = {k: s for k, s in head_keys(quality=q).items() if k not in base}
@@ -308,17 +419,22 @@ def test_state_dict_keys_change_only_for_new_branches():
     dirac = head_keys(box="dirac")
     assert set(base) - set(dirac) == {"bbox_head.integral.project"} and set(dirac) <= set(base)
     assert dirac["bbox_head.gfl_reg.weight"] == (4, 256, 3, 3)
+    gaussian = head_keys(box="gaussian")
+    assert set(gaussian) == set(dirac) and gaussian["bbox_head.gfl_reg.weight"] == (8, 256, 3, 3)
     assert head_keys(reg_max=8)["bbox_head.gfl_reg.weight"] == (36, 256, 3, 3)
 
 
 # ----------------------------------------------------------------- every variant trains and predicts
-# Table 1a (quality), Table 2a (box), Table 3 (QFL x DFL: none/qfl x integral/dfl), Table 1c/2b spot checks
+# Table 1a (quality, implicit rows included), Table 2a (box, Gaussian included), Table 3 (QFL x DFL),
+# Table 1c/2b spot checks; Table 2c's bin interval below (test_bin_interval_trains_and_predicts)
 VARIANTS = [
     dict(quality="none", box="dfl"), dict(quality="centerness", box="dfl"), dict(quality="iou", box="dfl"),
     dict(quality="qfl", box="dfl"), dict(quality="dgqp", box="dfl"),
     dict(quality="qfl", box="dirac"), dict(quality="qfl", box="integral"),
     dict(quality="none", box="integral"), dict(quality="none", box="dirac"), dict(quality="dgqp", box="integral"),
     dict(quality="centerness", box="dirac"), dict(quality="qfl", qfl_beta=0.0), dict(quality="qfl", reg_max=8),
+    dict(quality="centerness_guided", box="dirac"), dict(quality="iou_guided", box="dirac"),
+    dict(quality="centerness", box="gaussian"), dict(quality="qfl", box="dirac", qfl_beta=4.0),
 ]
 
 
@@ -339,20 +455,17 @@ def tiny_batch():
     return x, targets, metas
 
 
-@pytest.mark.parametrize("kw", VARIANTS, ids=[",".join(f"{k}={v}" for k, v in kw.items()) for kw in VARIANTS])
-def test_variant_trains_and_predicts(kw, tiny_batch):
-    x, targets, metas = tiny_batch
-    torch.manual_seed(0)
-    model = build_model("gfl_cpu_demo", num_classes=3, pretrained_backbone=False, **kw).train()
+def _trains_and_predicts(model, batch, box="dfl", separate=False, steps=30):
+    """A few AdamW steps on the tiny batch: finite losses with the variant's keys that fall, every
+    parameter used; then predict returns sorted, valid detections."""
+    x, targets, metas = batch
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    separate = kw["quality"] in ("centerness", "iou")
-    # beta=0 is plain BCE on the soft target: the positives' floor is the entropy of IoU targets that
-    # rise as the boxes improve and nothing down-weights them, so its loss peaks later (near step 20).
-    steps = 60 if kw.get("qfl_beta") == 0 else 30
+    keys = ["loss_cls", "loss_bbox", "loss_dfl"] + (["loss_kl"] if box == "gaussian" else []) + \
+        (["loss_quality"] if separate else [])
     history = []
     for it in range(steps):
         losses = model.loss(x, targets, metas)
-        assert list(losses) == ["loss_cls", "loss_bbox", "loss_dfl"] + (["loss_quality"] if separate else [])
+        assert list(losses) == keys
         total = sum(losses.values())
         assert torch.isfinite(total)
         opt.zero_grad()
@@ -362,7 +475,7 @@ def test_variant_trains_and_predicts(kw, tiny_batch):
             assert not unused
         opt.step()
         history.append(total.item())
-        if kw.get("box", "dfl") != "dfl":
+        if box != "dfl":
             assert losses["loss_dfl"].item() == 0
     # GFL-style box weights start near the 0.01 prior, so the loss first rises: compare means of 5
     start, end = sum(history[:5]) / 5, sum(history[-5:]) / 5
@@ -376,3 +489,27 @@ def test_variant_trains_and_predicts(kw, tiny_batch):
         assert o["boxes"].shape[1] == 4 and o["labels"].dtype == torch.int64
         assert ((o["scores"] > 0) & (o["scores"] <= 1)).all() and (o["labels"] < 3).all()
         assert torch.all(o["scores"][:-1] >= o["scores"][1:])
+    return out
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=[",".join(f"{k}={v}" for k, v in kw.items()) for kw in VARIANTS])
+def test_variant_trains_and_predicts(kw, tiny_batch):
+    torch.manual_seed(0)
+    model = build_model("gfl_cpu_demo", num_classes=3, pretrained_backbone=False, **kw).train()
+    # beta=0 is plain BCE on the soft target: the positives' floor is the entropy of IoU targets that
+    # rise as the boxes improve and nothing down-weights them, so its loss peaks later (near step 20).
+    steps = 60 if kw.get("qfl_beta") == 0 else 30
+    _trains_and_predicts(model, tiny_batch, kw.get("box", "dfl"), kw["quality"] in ("centerness", "iou"), steps)
+
+
+@pytest.mark.parametrize("interval", [0.5, 2.0])
+def test_bin_interval_trains_and_predicts(interval, tiny_batch):
+    torch.manual_seed(0)
+    model = build_model("gfl_cpu_demo", num_classes=3, pretrained_backbone=False).train()
+    # the coder holds no tensors, so the interval is a coder of its own on the same weights
+    model.bbox_head.box_coder = build_box_coder("dfl", model.cfg.reg_max, bin_interval=interval)
+    out = _trains_and_predicts(model, tiny_batch)
+    # a uniform distribution reads reg_max/2 bins, i.e. reg_max/2 * interval strides
+    close(model.bbox_head.box_coder.decode(torch.zeros(1, 4 * (model.cfg.reg_max + 1))),
+          torch.full((1, 4), model.cfg.reg_max / 2 * interval), tol=1e-6)
+    assert all(torch.isfinite(o["boxes"]).all() for o in out)
