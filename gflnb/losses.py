@@ -1,5 +1,5 @@
 """Quality Focal Loss, Distribution Focal Loss and the GIoU loss (GFL, Li et al. 2020), plus the
-focal loss, QFL on probabilities and the Gaussian KL loss that the paper's
+focal loss, QFL on probabilities (and on their logs) and the Gaussian KL loss that the paper's
 ablated variants use.
 
 Per-sample functions return unreduced losses that stay in the autograd graph; ``reduce_loss``
@@ -105,6 +105,28 @@ def quality_focal_loss_prob(probs: Tensor, labels: Tensor, scores: Tensor, beta:
     with torch.autocast(device_type=p.device.type, enabled=False):
         bce = F.binary_cross_entropy(p, target, reduction="none")
         return (bce * (p - target).abs().pow(beta)).sum(dim=1)
+
+
+def quality_focal_loss_log(log_probs: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
+    """QFL on probabilities given by their logs, for a product score ``s = s1 s2`` (GFLv2's DGQP):
+    ``log s = log s1 + log s2`` stays exact where ``s`` itself underflows.
+
+    ``BCE(s, t) = -(t log s + (1 - t) log(1 - s))`` with ``log(1 - s) = log(-expm1(log s))``, and
+    the modulator ``|s - t|^beta``; so the gradient of a positive at ``s = 1e-20`` is about
+    ``-t^(1+beta)`` per unit of ``log s``, where torch's ``binary_cross_entropy`` divides by
+    ``max(s(1 - s), 1e-12)`` and loses it. ``log(1 - s)`` is floored at ``log(tiny)`` (-87.3 in
+    float32), where ``1 - s`` is no longer a normal number (torch's BCE floors it at -100).
+    ``log_probs [N, C]`` (<= 0); ``labels``/``scores`` as :func:`quality_focal_loss`. -> ``[N]``.
+    """
+    if log_probs.dim() != 2:
+        raise ValueError(f"quality_focal_loss_log: log_probs must be [N, C], got {tuple(log_probs.shape)}")
+    lp = log_probs.float() if log_probs.dtype in (torch.float16, torch.bfloat16) else log_probs
+    target = qfl_soft_target(lp, labels, scores)
+    with torch.autocast(device_type=lp.device.type, enabled=False):
+        # clamp below 0 so that expm1 never returns 0 (log 0 would make a 0 * inf gradient)
+        log1m = torch.log(-torch.expm1(lp.clamp(max=-torch.finfo(lp.dtype).tiny)))
+        bce = -(target * lp + (1 - target) * log1m)
+        return (bce * (lp.exp() - target).abs().pow(beta)).sum(dim=1)
 
 
 def kl_box_loss(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:

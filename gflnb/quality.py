@@ -9,8 +9,8 @@ detection score, what trains it, and how much each positive weighs in the box lo
   each positive anchor's term weighted by its centerness target / detached IoU; no branch, the
   class score alone at test time; box-loss weight as the separate branch of the same quality.
 * ``qfl``: QFL on the joint class-IoU logit (GFL, the default); weight max_c sigmoid(cls).
-* ``dgqp``: QFL on probabilities of sigmoid(cls) x DGQP(box distribution) (GFLv2); weight
-  max_c of that joint score.
+* ``dgqp``: QFL on the product sigmoid(cls) x DGQP(box distribution) (GFLv2), computed from its
+  log; weight max_c of that joint score.
 
 Every box-loss weight is detached and the head normalises by ``max(sum of weights, 1)``, which
 for a weight of 1 is the number of positives. The classification normaliser is the head's (GFL's
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import dist
 from .config import QUALITIES, ConfigError
-from .losses import AVG_EPS, _QualityFocal, qfl_soft_target, quality_focal_loss_prob, sigmoid_focal_loss
+from .losses import AVG_EPS, _QualityFocal, qfl_soft_target, quality_focal_loss_log, sigmoid_focal_loss
 
 
 @dataclass
@@ -279,14 +279,14 @@ class QFLQuality(Quality):
         return dict(loss_cls=self.loss_cls_weight * (qfl * label_weights).sum() / (avg_factor + AVG_EPS))
 
 
-DGQP_NORM_EPS = 1e-12  # GFocalV2's EPS
-
-
 class DGQPQuality(Quality):
     """``dgqp``: GFLv2's Distribution-Guided Quality Predictor.
 
     quality = sigmoid(conv1x1(relu(conv1x1(stats)))) from :func:`dgqp_features` of the box
-    distribution; the joint score ``sigmoid(cls) * quality`` is trained with QFL on probabilities.
+    distribution; the joint score ``s = sigmoid(cls) * quality`` is trained with QFL on that product,
+    computed from ``log s = logsigmoid(cls) + logsigmoid(DGQP logit)`` (:func:`quality_focal_loss_log`):
+    GFocalV2's QFL on probabilities, without torch's BCE clamp that stops the gradient once ``s``
+    is below about 1e-12.
     The distribution is not detached, so the quality loss also shapes it (as in GFocalV2).
     ``reg_conf`` keeps GFocalV2's layout: keys ``quality.reg_conf.{0,2}.{weight,bias}``.
     """
@@ -300,14 +300,18 @@ class DGQPQuality(Quality):
         self.reg_conf = nn.Sequential(nn.Conv2d(4 * (topk + 1), channels, 1), nn.ReLU(inplace=True),
                                       nn.Conv2d(channels, 1, 1), nn.Sigmoid())
 
-    def quality(self, reg: Tensor) -> Tensor:
-        """``[N, 4(R+1)]`` distribution logits -> ``[N]`` quality in (0, 1)."""
+    def quality_logit(self, reg: Tensor) -> Tensor:
+        """``[N, 4(R+1)]`` distribution logits -> ``[N]`` the quality before its sigmoid."""
         stat = dgqp_features(reg, self.reg_max, self.topk)  # [N, 20]
         # The 1x1 convs as matrix products on [N, 20]: the same parameters (and state-dict keys),
         # but a conv over N one-pixel images ran 3x slower than the rest of a training step.
         c0, c1 = self.reg_conf[0], self.reg_conf[2]
         hidden = F.relu(F.linear(stat, c0.weight.flatten(1), c0.bias))  # [N, channels]
-        return torch.sigmoid(F.linear(hidden, c1.weight.flatten(1), c1.bias)).reshape(-1)  # [N]
+        return F.linear(hidden, c1.weight.flatten(1), c1.bias).reshape(-1)  # [N]
+
+    def quality(self, reg: Tensor) -> Tensor:
+        """``[N, 4(R+1)]`` distribution logits -> ``[N]`` quality in (0, 1)."""
+        return torch.sigmoid(self.quality_logit(reg))
 
     def joint(self, cls: Tensor, reg: Tensor) -> Tensor:
         """``[N, C]`` joint score sigmoid(cls) * quality."""
@@ -326,19 +330,21 @@ class DGQPQuality(Quality):
         return self.joint(pos.cls.detach(), pos.reg.detach()).max(dim=1)[0]
 
     def box_norm(self, weight_sum: float) -> float:
-        # GFocalV2 divides by the weights' sum itself (1 only below 1e-12). mmdetection's
-        # max(sum, 1) does not work here: the joint score starts near 0.01 x 0.5 and the quality,
-        # shared by all classes, is pushed down by every negative, so the sum falls below 1, the
-        # box losses shrink with it, the IoU targets stay low and the score collapses to 0 (the
-        # 6-epoch demo: AP 0.0 on all three seeds).
-        return weight_sum if weight_sum >= DGQP_NORM_EPS else 1.0
+        # GFocalV2 divides by the weights' sum itself. mmdetection's max(sum, 1) does not work here:
+        # the joint score starts near 0.01 x 0.5 and the quality, shared by all classes, is pushed
+        # down by every negative, so the sum falls below 1 and the box losses shrink with it.
+        # GFocalV2's fallback to 1 below 1e-12 is dropped too: it turned box losses of a tiny but
+        # nonzero weight sum into 1e-18 (issue 18's probes). 1 only where the sum is exactly 0,
+        # where every weight, so every summand, is 0 as well.
+        return weight_sum if weight_sum > 0 else 1.0
 
     def loss(self, cls: Tensor, reg: Tensor, extra: Tensor, labels: Tensor, label_weights: Tensor,
              pos: Optional[Positives], avg_factor: float) -> dict[str, Tensor]:
         score = label_weights.new_zeros(cls.shape[0])  # [N]
         if pos is not None:
             score[pos.index] = pos.iou
-        qfl = quality_focal_loss_prob(self.joint(cls, reg), labels, score, self.beta)  # [N]
+        log_joint = F.logsigmoid(cls) + F.logsigmoid(self.quality_logit(reg))[:, None]  # [N, C] log s
+        qfl = quality_focal_loss_log(log_joint, labels, score, self.beta)  # [N]
         return dict(loss_cls=self.loss_cls_weight * (qfl * label_weights).sum() / (avg_factor + AVG_EPS))
 
 

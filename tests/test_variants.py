@@ -17,7 +17,7 @@ from gflnb.boxes import distance2bbox
 from gflnb.config import BOXES, QUALITIES, ConfigError, get_config, parse_set
 from gflnb.head import GFLHead
 from gflnb.losses import (AVG_EPS, kl_box_loss, quality_focal_loss, quality_focal_loss_autograd,
-                          quality_focal_loss_prob, sigmoid_focal_loss)
+                          quality_focal_loss_log, quality_focal_loss_prob, sigmoid_focal_loss)
 from gflnb.preprocess import preprocess
 from gflnb.quality import (CenternessGuidedQuality, CenternessQuality, DGQPQuality, FocalQuality,
                            IoUGuidedQuality, IoUQuality, Positives, QFLQuality, build_quality, centerness_target,
@@ -217,7 +217,57 @@ def test_dgqp_quality_is_the_1x1_convs_and_normalises_box_losses_by_the_weights_
     # GFocalV2 divides the GIoU and DFL sums by the weights' sum itself; the reference GFL
     # (mmdetection 3.3) by max(sum, 1)
     assert q.box_norm(0.05) == 0.05 and q.box_norm(3.0) == 3.0 and q.box_norm(0.0) == 1.0
+    assert q.box_norm(1e-15) == 1e-15  # no fallback to 1 for a tiny sum: only an exact 0 (all weights 0)
     assert build_quality("qfl", feat_channels=8, reg_max=16).box_norm(0.05) == 1.0
+
+
+def test_qfl_in_log_space_equals_the_probability_form_where_both_are_accurate():
+    g = torch.Generator().manual_seed(2)
+    c, z = torch.randn(40, 3, generator=g, dtype=D) * 3, torch.randn(40, 1, generator=g, dtype=D) * 3
+    labels = torch.randint(0, 4, (40,), generator=g)
+    scores = torch.rand(40, generator=g, dtype=D)
+    ls = F.logsigmoid(c) + F.logsigmoid(z)
+    for beta in (2.0, 1.0, 0.0):
+        close(quality_focal_loss_log(ls, labels, scores, beta),
+              quality_focal_loss_prob(c.sigmoid() * z.sigmoid(), labels, scores, beta), tol=1e-10)
+    # by hand: s = .5 * .5 = .25, a negative: -ln(.75) * .25^2; a positive with target .25: 0
+    ls = torch.full((2, 1), math.log(0.25), dtype=D)
+    close(quality_focal_loss_log(ls, torch.tensor([1, 0]), torch.tensor([0.0, 0.25], dtype=D)),
+          [-math.log(0.75) * 0.0625, 0.0])
+
+
+def test_qfl_in_log_space_keeps_the_gradient_of_an_underflowing_product():
+    # a positive with IoU target t = .8 and joint score s = 1e-20: dL/dlog s = -t (s - t)^2 + O(s)
+    # = -t^3. torch's BCE on s divides by max(s(1-s), 1e-12) and returns ~1e-8 of it.
+    t = 0.8
+    for dtype, log_s in ((D, math.log(1e-20)), (torch.float32, math.log(1e-20)), (torch.float32, -200.0)):
+        ls = torch.tensor([[log_s]], dtype=dtype, requires_grad=True)  # -200: s underflows to 0 in float32
+        quality_focal_loss_log(ls, torch.tensor([0]), torch.tensor([t], dtype=dtype)).sum().backward()
+        assert torch.isfinite(ls.grad).all()
+        torch.testing.assert_close(ls.grad.double(), torch.tensor([[-t ** 3]], dtype=D), rtol=1e-6, atol=0)
+    lp = torch.tensor([[math.log(1e-20)]], dtype=D, requires_grad=True)
+    quality_focal_loss_prob(lp.exp(), torch.tensor([0]), torch.tensor([t], dtype=D)).sum().backward()
+    assert abs(lp.grad.item()) < 1e-6  # the probability form: the gradient has vanished
+    # a negative at s = 1 exactly: log(1 - s) floored at log(tiny), the loss and gradient finite
+    one = torch.zeros(1, 1, requires_grad=True)
+    loss = quality_focal_loss_log(one, torch.tensor([1]), torch.zeros(1))
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny), rel=1e-6)
+    assert torch.isfinite(one.grad).all()
+
+
+def test_dgqp_loss_gradient_reaches_a_class_logit_whose_joint_score_underflows():
+    torch.manual_seed(0)
+    q = DGQPQuality(reg_max=4).double()
+    reg = torch.zeros(1, 20, dtype=D)  # flat distributions; DGQP at init: quality ~ .5
+    x = torch.tensor([[-46.0, -5.0]], dtype=D, requires_grad=True)  # sigmoid(-46) ~ 1e-20
+    pos = Positives(index=torch.tensor([0]), cls=x.detach(), reg=reg, extra=reg[:, :0],
+                    points=torch.zeros(1, 2, dtype=D), gt_boxes=torch.zeros(1, 4, dtype=D),
+                    iou=torch.tensor([0.8], dtype=D))
+    loss = q.loss(x, reg, reg[:, :0], torch.tensor([0]), torch.ones(1, dtype=D), pos, avg_factor=1.0)["loss_cls"]
+    loss.backward()
+    # d log s / dx = 1 - sigmoid(x) ~ 1, so dL/dx ~ -t^3 / (1 + eps) for the gt class
+    torch.testing.assert_close(x.grad[0, 0], torch.tensor(-0.8 ** 3, dtype=D), rtol=1e-6, atol=0)
 
 
 def test_dirac_decode_by_hand():
