@@ -271,6 +271,9 @@ def _diff(r: pd.Series) -> str:
 
 
 DEGENERATE_AP = 1.0  # AP (%) below which a successful run counts as having trained to nothing
+# The joint score the separate branches are compared with in Fig. 2: the first with a summary; the
+# grid's separate branches use the Dirac box, as qfl_dirac does (gfl: DFL)
+FIG2_JOINT = ("qfl_dirac", "gfl")
 
 
 def degenerate_runs(ok: pd.DataFrame, below: float = DEGENERATE_AP) -> pd.DataFrame:
@@ -307,13 +310,14 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
         if len(part):
             lines.append(f"* Not resolved ({why}): " + "; ".join(
                 r["claim"] + ("" if why == "not run" else f" ({_diff(r)})") for _, r in part.iterrows()) + ".")
-    joint = pooled.get("gfl")
+    joint_name = next((v for v in FIG2_JOINT if v in pooled), FIG2_JOINT[0])
+    joint = pooled.get(joint_name)
     for v, p in pooled.items():
         if not p["separate"]:
             continue
         if joint is None or p["bg_outrank_frac"] is None or joint["bg_outrank_frac"] is None:
-            lines.append(f"* Fig. 2: {labels.get(v, v)} has its background summary, but the joint GFL "
-                         "score has none to compare with.")
+            lines.append(f"* Fig. 2: {labels.get(v, v)} has its background summary, but the joint score "
+                         f"({labels.get(joint_name, joint_name)}) has none to compare with.")
             continue
         a, b = p["bg_outrank_frac"], joint["bg_outrank_frac"]
         rel = "more" if a > b else "fewer" if a < b else "as many"
@@ -324,7 +328,8 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
                      "0.1 but a quality above 0.5, the paper's examples")
         lines.append(f"* Fig. 2: with the {labels.get(v, v)}, {_pct(a)} of background anchors score above the "
                      f"median positive-like anchor (mean over {p['seeds']} seed(s)), against {_pct(b)} for the "
-                     f"joint GFL score (over {joint['seeds']}): {rel} with the separate branch, {agree}{extra}.")
+                     f"joint score, {labels.get(joint_name, joint_name)} (over {joint['seeds']}): {rel} with the "
+                     f"separate branch, {agree}{extra}.")
     its = info["iterations"]
     it_txt = ("an unknown number of" if not its else str(its[0]) if len(its) == 1 else f"{its[0]}-{its[-1]}")
     size = []

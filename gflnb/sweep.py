@@ -2,9 +2,10 @@
 
     gflnb sweep experiments/ablations/grid.yaml [--jobs N] [--only VARIANT ...] [--seeds 0 1]
 
-A grid file names the notebook, the parameters every point shares, the variants (config overrides)
-and the seeds. Every point runs as a shell command of its own, the one its table row records, so a
-row is reproduced by running its ``command`` from the repository root. The command pins the torch
+A grid file names the notebook, the parameters every point shares, the variants (config overrides,
+and optionally notebook parameters of their own, e.g. a longer ``epochs``) and the seeds. Every
+point runs as a shell command of its own, the one its table row records, so a row is reproduced
+by running its ``command`` from the repository root. The command pins the torch
 thread count, since the thread count changes how sums are split and so the trained model.
 
 Under ``out`` (the grid's folder by default):
@@ -41,8 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "status", "error", "iterations",
            "command", "metrics_path", "record_path")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# Variants whose records carry the background-anchor summary of the paper's Fig. 2 (chapter 7)
-BACKGROUND_VARIANTS = ("gfl", "iou", "centerness", "dgqp")
+# Variants whose records carry the background-anchor summary of the paper's Fig. 2 (chapter 7);
+# qfl_dirac is the joint score on the separate branches' (Dirac) box
+BACKGROUND_VARIANTS = ("gfl", "iou", "centerness", "dgqp", "qfl_dirac")
+# Notebook parameters a variant may not set: the sweep sets the first three per point, and the data
+# ones are generated once for every point before they start
+RESERVED_PARAMETERS = ("seed", "work_dir", "overrides", "data_root", "num_train", "num_val", "data_seed",
+                       "data_version", "train_ann", "train_images", "val_ann", "val_images")
 
 
 class GridError(ValueError):
@@ -53,7 +59,8 @@ class GridError(ValueError):
 class Point:
     variant: str
     seed: int
-    overrides: dict[str, Any]
+    overrides: dict[str, Any]  # config fields
+    parameters: dict[str, Any] = field(default_factory=dict)  # notebook parameters over the grid's
 
     @property
     def id(self) -> str:
@@ -117,12 +124,19 @@ def load_grid(path: str | os.PathLike) -> Grid:
             raise GridError(f"{path}: variant {name!r} needs a mapping with 'overrides' (config fields)")
         if "__" in str(name) or "/" in str(name) or " " in str(name):
             raise GridError(f"{path}: variant name {name!r} may not contain '__', '/' or spaces")
+        if not isinstance(v.get("parameters", {}), dict):
+            raise GridError(f"{path}: variant {name!r}: 'parameters' must be a mapping of notebook parameters")
+        reserved = sorted(set(v.get("parameters") or {}) & set(RESERVED_PARAMETERS))
+        if reserved:
+            raise GridError(f"{path}: variant {name!r} may not set {', '.join(reserved)} (config fields go in "
+                            "'overrides'; seeds and data are the grid's)")
     seeds = g["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise GridError(f"{path}: seeds must be a non-empty list of integers")
     grid = Grid(path, nb, out, dict(g.get("parameters") or {}), variants, seeds, int(g.get("threads", 1)),
                 int(g.get("jobs", 2)), int(g.get("background_images", 50)))
-    grid.points = [Point(name, s, dict(v.get("overrides") or {})) for name, v in variants.items() for s in seeds]
+    grid.points = [Point(name, s, dict(v.get("overrides") or {}), dict(v.get("parameters") or {}))
+                   for name, v in variants.items() for s in seeds]
     return grid
 
 
@@ -134,9 +148,15 @@ def _python() -> str:
         return str(exe)
 
 
+def point_parameters(grid: Grid, p: Point) -> dict[str, Any]:
+    """The grid's notebook parameters with the variant's own over them (before seed and work_dir)."""
+    return {**grid.parameters, **p.parameters}
+
+
 def command(grid: Grid, p: Point) -> str:
     """The shell command, run from the repository root, that produces point ``p``'s row alone."""
-    params = {**grid.parameters, "seed": p.seed, "overrides": {**grid.parameters.get("overrides", {}), **p.overrides},
+    params = {**point_parameters(grid, p), "seed": p.seed,
+              "overrides": {**grid.parameters.get("overrides", {}), **p.overrides},
               "work_dir": _rel(grid.out / "runs" / p.id, grid.notebook.parent)}
     args = [f"OMP_NUM_THREADS={grid.threads}", _python(), "-m", "gflnb.book", "run", _rel(grid.notebook, ROOT),
             _rel(grid.out / "notebooks" / f"{p.id}.ipynb", ROOT)]
@@ -192,7 +212,7 @@ def run_point(grid: Grid, p: Point) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads)}
     t0 = time.perf_counter()
     rec: dict[str, Any] = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=cmd,
-                               parameters=grid.parameters, metrics_path=_rel(metrics_path(grid, p), ROOT))
+                               parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT))
     mp = metrics_path(grid, p)
     if mp.exists():
         mp.unlink()  # a metrics file from an earlier, killed attempt must not pass for this one's

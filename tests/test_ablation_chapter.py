@@ -53,15 +53,15 @@ def _ok(v, seed, ap):
 
 
 def test_one_seed_and_failed_rows(tmp_path):
-    _write_csv(tmp_path / "r.csv", [_ok("gfl", 0, 55.4), _ok("none", 0, 50.0),
+    _write_csv(tmp_path / "r.csv", [_ok("qfl_dirac", 0, 55.4), _ok("none", 0, 50.0),
                                     dict(variant="none", seed=1, status="failed", error="exit 1: boom"),
                                     dict(variant="iou", seed=0, status="failed", error="exit 1: boom")])
     df = ablation.read_results(tmp_path / "r.csv")
     assert len(ablation.ok_rows(df)) == 2
-    st = ablation.variant_stats(df, ["gfl", "none", "iou"])
-    assert st.loc["gfl", "n"] == 1 and math.isnan(st.loc["gfl", "AP_std"]) and st.loc["none", "failed"] == 1
+    st = ablation.variant_stats(df, ["qfl_dirac", "none", "iou"])
+    assert st.loc["qfl_dirac", "n"] == 1 and math.isnan(st.loc["qfl_dirac", "AP_std"]) and st.loc["none", "failed"] == 1
     assert st.loc["iou", "n"] == 0 and st.loc["iou", "failed"] == 1
-    assert ablation.fmt(st.loc["gfl", "AP_mean"], st.loc["gfl", "AP_std"], 1) == "55.4 (n=1)"
+    assert ablation.fmt(st.loc["qfl_dirac", "AP_mean"], st.loc["qfl_dirac", "AP_std"], 1) == "55.4 (n=1)"
     assert ablation.fmt(55.44, 0.31, 3) == "55.4 ± 0.3 (n=3)" and ablation.fmt(math.nan, math.nan, 0) == "–"
     t = ablation.side_by_side("1a", st)
     assert t.loc["joint, trained with QFL", "paper AP"] == "39.9"
@@ -87,7 +87,7 @@ def test_conclusions_follow_the_numbers(tmp_path):
     texts = {}
     cases = dict(joint_better=((55.4, 56.0), (53.1, 53.9)), iou_better=((53.1, 53.9), (55.4, 56.0)))
     for name, (a, b) in cases.items():
-        _write_csv(tmp_path / f"{name}.csv", [_ok("gfl", 0, a[0]), _ok("gfl", 1, a[1]),
+        _write_csv(tmp_path / f"{name}.csv", [_ok("qfl_dirac", 0, a[0]), _ok("qfl_dirac", 1, a[1]),
                                               _ok("iou", 0, b[0]), _ok("iou", 1, b[1])])
         df = ablation.read_results(tmp_path / f"{name}.csv")
         claims = ablation.claim_table(df)
@@ -100,7 +100,8 @@ def test_conclusions_follow_the_numbers(tmp_path):
 
 
 def test_runs_that_trained_to_nothing_are_named_with_the_claims_they_touch(tmp_path):
-    _write_csv(tmp_path / "r.csv", [_ok("gfl", 0, 21.0), _ok("gfl", 1, 22.0), _ok("iou", 0, 0.0), _ok("iou", 1, 18.0)])
+    _write_csv(tmp_path / "r.csv", [_ok("qfl_dirac", 0, 21.0), _ok("qfl_dirac", 1, 22.0), _ok("iou", 0, 0.0),
+                                    _ok("iou", 1, 18.0)])
     df = ablation.read_results(tmp_path / "r.csv")
     ok = ablation.ok_rows(df)
     assert list(ablation.degenerate_runs(ok)["seed"]) == [0]
@@ -113,8 +114,10 @@ def test_runs_that_trained_to_nothing_are_named_with_the_claims_they_touch(tmp_p
 
 
 def test_paper_numbers_and_claims():
-    assert paper.paper_value("1a", "gfl") == 39.9 and paper.paper_value("3", "gfl") == 40.2
-    assert paper.paper_value("1c", "beta0", "AP75") == 40.3 and paper.paper_value("2a", "dirac") == 39.2
+    assert paper.paper_value("1a", "qfl_dirac") == 39.9 and paper.paper_value("3", "gfl") == 40.2
+    assert paper.paper_value("1c", "beta0", "AP75") == 40.3 and paper.paper_value("2a", "centerness") == 39.2
+    assert paper.paper_value("2b", "n12") == 40.1 and paper.paper_value("2c", "interval4") == 39.8
+    assert paper.paper_value("2b", "n12", "AP50") is None  # the paper gives AP only there
     diffs = {c["claim"]: paper.paper_diff(c) for c in paper.CLAIMS}
     assert diffs["joint QFL beats no quality branch"] == 1.9 and diffs["DGQP beats joint QFL (GFLv2)"] == 0.8
     assert diffs["QFL and DFL together beat neither"] == 1.0

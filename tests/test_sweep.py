@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gflnb import paper
 from gflnb.book import ROOT, execute, records
 from gflnb.cli import main
-from gflnb.sweep import COLUMNS, GridError, load_grid
+from gflnb.config import get_config
+from gflnb.sweep import COLUMNS, GridError, command, load_grid
 from gflnb.synth import make_dataset
 
 
-def _grid(tmp: Path, out: Path, variants: dict, seeds=(0,), jobs=2) -> Path:
+def _grid(tmp: Path, out: Path, variants: dict, seeds=(0,), jobs=2, parameters=None) -> Path:
+    """A tiny grid; ``parameters`` maps a variant to notebook parameters of its own."""
     data = tmp / "synth"
     if not data.exists():
         make_dataset(data, num_train=12, num_val=4, seed=3, progress=False)
@@ -28,6 +31,8 @@ def _grid(tmp: Path, out: Path, variants: dict, seeds=(0,), jobs=2) -> Path:
              parameters=dict(config="gfl_cpu_demo", data_root=str(data), num_train=12, num_val=4, epochs=1,
                              overrides=dict(warmup_iters=2, batch_size=4)),
              variants={k: dict(label=k, tables=["1a"], overrides=v) for k, v in variants.items()})
+    for k, v in (parameters or {}).items():
+        g["variants"][k]["parameters"] = v
     path = tmp / f"grid_{out.name}.yaml"
     path.write_text(yaml.safe_dump(g, sort_keys=False))
     return path
@@ -120,18 +125,56 @@ def test_bad_grids_are_one_clear_line(tmp_path, capsys):
         load_grid(_grid(tmp_path, tmp_path / "o", {"gfl": {}})).select(["nope"])
 
 
-def test_the_committed_grid_covers_the_papers_tables():
+def test_a_variant_may_set_its_own_notebook_parameters(tmp_path):
+    grid = _grid(tmp_path, tmp_path / "p", {"gfl": {}, "long": {"milestones": [2]}}, parameters={"long": {"epochs": 2}})
+    g = load_grid(grid)
+    short, long_ = (command(g, p) for p in g.points)
+    assert "-p epochs 1 " in short and "-p epochs 2 " in long_ and '"milestones": [2]' in long_
+    assert main(["sweep", str(grid), "--only", "long", "--no-progress"]) == 0
+    row = next(r for r in _table(tmp_path / "p") if r["variant"] == "long")
+    assert row["status"] == "ok" and int(row["iterations"]) == 6  # 2 epochs of 12 images, batch 4
+    rec = json.loads(_abs(row["record_path"]).read_text())
+    assert rec["parameters"]["epochs"] == 2 and rec["parameters"]["num_train"] == 12  # the point's, the grid's
+    for bad in ({"seed": 3}, {"data_version": 1}, {"overrides": {}}):
+        g = yaml.safe_load(grid.read_text())
+        g["variants"]["long"]["parameters"] = bad
+        grid.write_text(yaml.safe_dump(g))
+        with pytest.raises(GridError, match=f"variant 'long' may not set {next(iter(bad))}"):
+            load_grid(grid)
+
+
+def test_the_committed_grid_is_the_papers_design():
     g = load_grid(ROOT / "experiments" / "ablations" / "grid.yaml")
-    assert len(g.seeds) >= 3 and len(g.variants) >= 8
-    q = {v["overrides"].get("quality", "qfl") for v in g.variants.values()}
-    assert {"none", "centerness", "iou", "qfl", "dgqp"} <= q
-    betas = {v["overrides"].get("qfl_beta", 2.0) for v in g.variants.values()}
-    assert {0.0, 2.0} <= betas and len(betas) >= 3
-    boxes = {v["overrides"].get("box", "dfl") for v in g.variants.values()}
-    assert {"dirac", "integral", "dfl"} <= boxes
-    table3 = {(v["overrides"].get("quality", "qfl"), v["overrides"].get("box", "dfl")) for v in g.variants.values()}
-    assert {("none", "integral"), ("qfl", "integral"), ("none", "dfl"), ("qfl", "dfl")} <= table3
-    assert "max_minutes" not in g.parameters and g.parameters["epochs"] > 0  # a budget in iterations
+    assert g.seeds == [0, 1, 2]
+    par = g.parameters
+    demo = get_config("gfl_cpu_demo")
+    # the preset's whole schedule on the book's set, validation every 2 epochs, a budget in epochs
+    assert par["epochs"] == demo.epochs == 12 and "overrides" not in par and "max_minutes" not in par
+    assert (par["data_version"], par["eval_every"], par["data_root"]) == (2, 2, "../data/synth_v2")
+    tabled = {k: v for k, v in g.variants.items() if v["tables"]}
+    assert len(tabled) == 21 and set(tabled) == set(paper.DESIGN)
+    configs = set()
+    for name, v in tabled.items():
+        assert "parameters" not in v and "milestones" not in v["overrides"]
+        want = get_config("gfl_cpu_demo", **paper.DESIGN[name]["config"])
+        assert get_config("gfl_cpu_demo", **v["overrides"]) == want, name  # the variant paper.py defines
+        configs.add(want)
+        assert set(v["tables"]) == {t for t, tab in paper.TABLES.items() if name in tab["rows"]}, name
+    assert len(configs) == 21  # 21 distinct models
+    # the rows of the paper's factorial tables, by what they set
+    rows = lambda t: {(c.quality, c.box) for c in (get_config("gfl_cpu_demo", **tabled[v]["overrides"])  # noqa: E731
+                                                  for v in paper.TABLES[t]["rows"])}
+    assert rows("1a") == {(q, "dirac") for q in ("none", "centerness", "iou", "centerness_guided", "iou_guided", "qfl")}
+    assert rows("2a") == {("centerness", b) for b in ("dirac", "gaussian", "integral", "dfl")}
+    assert rows("3") == {(q, b) for q in ("centerness", "qfl") for b in ("dirac", "dfl")}
+    # twice the schedule for GFL and beta = 1: 24 epochs, milestones as mmdetection's 2x
+    for name, base in (("gfl_24e", "gfl"), ("beta1_24e", "beta1")):
+        v = g.variants[name]
+        assert v["tables"] == [] and v["parameters"] == {"epochs": 24}
+        long_ = get_config("gfl_cpu_demo", **v["overrides"])
+        assert long_.milestones == (16, 22)
+        base_cfg = get_config("gfl_cpu_demo", **g.variants[base]["overrides"])
+        assert get_config(long_, milestones=demo.milestones) == base_cfg  # otherwise the 12-epoch variant
 
 
 def test_the_chapter_renders_from_the_sweeps_table(swept):
