@@ -11,5 +11,15 @@ from .head import GFLHead
 portable.check()
 
 __version__ = "0.1.0"
-__all__ = ["GFL", "GFLHead", "GFLConfig", "PRESETS", "ConfigError", "CheckpointError", "build_model",
+__all__ = ["GFL", "GFLHead", "GFLConfig", "PRESETS", "ConfigError", "CheckpointError", "build_model", "explore",
            "get_config", "load_checkpoint", "save_checkpoint", "__version__"]
+
+
+def __getattr__(name: str):
+    # gflnb.explore on first use: the explorer brings OpenCV, pandas, seaborn and (through seaborn)
+    # ipywidgets, which the package itself (training, evaluation) does without
+    if name == "explore":
+        from .explorer import explore
+        globals()["explore"] = explore
+        return explore
+    raise AttributeError(f"module 'gflnb' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 ``explore(model, dataset)`` in JupyterLab gives an ipywidgets view: an image with its detections
 (click one, or pick it from the list), a score-threshold slider, and a switch between choosing among
 the predicted boxes and among the gt boxes (each shown through the detection chapter 5 matches to it). The
-selected detection is drawn with :func:`gflnb.viz.draw_edge_distributions`. It works on any
+selected detection is drawn with :func:`gflnb.gallery.draw_edge_distributions`. It works on any
 checkpoint and any COCO-format dataset; the synthetic set's recorded edge ambiguity is shown when
 the annotations have it. :meth:`Explorer.render` draws the same view as a static figure (the book
 has no kernel to run widgets).
@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from .analysis import best_match, predict_images
 from .data import CocoDetection
 from .detector import GFL
+from .fuse import inference_model
+from .gallery import draw_edge_distributions
 from .preprocess import load_image
 
 MODES = ("predicted", "gt")
@@ -38,7 +40,7 @@ class Explorer:
                  images: Optional[Sequence[int]] = None, iou_match: float = 0.5):
         if not len(dataset):
             raise ValueError("the dataset has no images")
-        self.model = model.inference_net(device)  # built once for all the views
+        self.model = inference_model(model, device)
         if self.model.cfg.box == "dirac":
             raise ValueError("this model regresses boxes directly (box='dirac'): it has no distributions to explore")
         self.ds, self.device, self.iou_match = dataset, device, iou_match
@@ -118,7 +120,7 @@ class Explorer:
         return self.selected
 
     def detail(self) -> Optional[dict]:
-        """The selected item as keyword arguments of :func:`gflnb.viz.draw_edge_distributions`."""
+        """The selected item as keyword arguments of :func:`gflnb.gallery.draw_edge_distributions`."""
         items = self.items()
         if not items:
             return None
@@ -155,7 +157,6 @@ class Explorer:
         return img[..., ::-1]
 
     def detail_figure(self, size: float = 4.6) -> Figure:
-        from .viz import draw_edge_distributions
         fig = Figure(figsize=(size, size))
         d = self.detail()
         if d is None:
@@ -168,8 +169,6 @@ class Explorer:
     def render(self, width: float = 10.0):
         """The explorer's current view as one static matplotlib figure (for the book)."""
         import matplotlib.pyplot as plt
-
-        from .viz import draw_edge_distributions
         fig = plt.figure(figsize=(width, width * 0.48))
         gs = fig.add_gridspec(1, 2, width_ratios=(1.15, 1), wspace=0.06)
         ax = fig.add_subplot(gs[0])

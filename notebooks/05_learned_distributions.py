@@ -55,13 +55,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown
 
-from gflnb import spread, viz
+from gflnb import explore, spread, viz
 from gflnb.analysis import edge_table, load_model, object_view
 from gflnb.data import CocoDetection, ann_stats
+from gflnb.fuse import inference_model
 
 viz.setup()
 over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
-model = load_model(checkpoint, config or None, **over).eval()  # its inference path is built once, for every figure below
+model = inference_model(load_model(checkpoint, config or None, **over), device)  # once, for every figure below
 ds = CocoDetection(ann, images, model.cfg, train=False)
 edges = edge_table(model, ds, max_images=max_images, device=device, iou_match=iou_match)
 if edges.empty:
@@ -159,12 +160,12 @@ print(f"{int(edges['bimodal'].sum())} of {len(edges)} edges ({100 * edges['bimod
 # In JupyterLab the next cell opens an explorer: step through the images, pick a detection by
 # clicking it or from the list, move the score threshold, and switch between choosing among the
 # predictions and among the gt boxes (each shown through its best-matching detection). It works
-# on any checkpoint and COCO-format dataset: `viz.explore(load_model(path), CocoDetection(ann,
+# on any checkpoint and COCO-format dataset: `gflnb.explore(load_model(path), CocoDetection(ann,
 # images, cfg, train=False))`. The book cannot run widgets, so below it is the explorer's view of
 # the first image with a detection, drawn statically.
 
 # %% tags=["remove-output"]
-explorer = viz.explore(model, ds, device=device, images=range(min(max_images, len(ds))))
+explorer = explore(model, ds, device=device, images=range(min(max_images, len(ds))))
 explorer.seek(min(explore_image, len(explorer.images) - 1))  # from there, the first image with a detection
 explorer
 

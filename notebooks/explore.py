@@ -40,12 +40,12 @@ from gflnb import nbtools as nb
 nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
 nb.check("score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 
-from gflnb import viz
+from gflnb import explore
 from gflnb.analysis import load_model
 from gflnb.data import CocoDetection, ann_stats
 
 model = load_model(checkpoint, config or None, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
 ds = CocoDetection(ann, images, model.cfg, train=False)
-explorer = viz.explore(model, ds, device=device, score_thr=score_thr)
+explorer = explore(model, ds, device=device, score_thr=score_thr)
 explorer.seek(0)  # the first image with a detection at the threshold
 explorer
