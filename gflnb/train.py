@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,6 +51,7 @@ class TrainOptions:
     eval_batch_size: int = 8
     keep_epoch_checkpoints: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact reruns
+    eval_every: int = 0  # also evaluate on the validation set every N epochs (0: only at the end)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -152,27 +153,58 @@ def _save(path: Path, model: GFL, ema, optimizer, scaler, state: dict, cfg: GFLC
                      torch_rng=torch.get_rng_state(), **extra), path)
 
 
-def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
-    """Train ``cfg`` on COCO-format data; returns the final metrics (also written to the work dir)."""
-    if opts.epochs is not None:
-        cfg = from_dict({**cfg.to_dict(), "epochs": int(opts.epochs)})
-    work = Path(opts.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Run:
+    """Everything one training run holds between its set-up, its epochs and its checkpoints.
+
+    ``state`` is what a checkpoint saves besides the tensors, and what ``--resume`` restores.
+    """
+    cfg: GFLConfig
+    opts: TrainOptions
+    work: Path
+    device: torch.device
+    distributed: bool
+    rank: int
+    world: int
+    train_ds: CocoDetection
+    val_ds: Optional[CocoDetection]
+    model: GFL
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    amp_dtype: Optional[torch.dtype]
+    base_lr: float
+    loss_module: nn.Module
+    log: Optional[JsonlLog]
+    state: dict = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def latest(self) -> Path:
+        return self.work / "latest.pth"
+
+    @property
+    def eval_model(self) -> GFL:
+        """The weights to evaluate: the EMA when it is on (as mmengine's EMAHook evaluates)."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _init_distributed(device: torch.device) -> tuple[bool, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): one process group, and each process on its own GPU."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(opts.device)
     if distributed and not dist.is_dist():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
-            device = torch.device("cuda", local)
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank, world = dist.rank(), dist.world_size()
-    main = rank == 0
-    torch.manual_seed(cfg.seed)
-    if opts.deterministic:
-        torch.use_deterministic_algorithms(True)
+    return distributed, device
 
-    # Every input is checked before any set-up (and its warnings): bad data is one clear error.
+
+def _load_data(cfg: GFLConfig, opts: TrainOptions, main: bool) -> tuple[CocoDetection, Optional[CocoDetection]]:
+    """Every input is checked before any set-up (and its warnings): bad data is one clear error."""
     train_ds = CocoDetection(opts.train_ann, opts.train_images, cfg, train=True)
     if train_ds.num_classes != cfg.num_classes:
         raise ValueError(f"config has num_classes={cfg.num_classes} but {opts.train_ann} has "
@@ -182,12 +214,38 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     if main and opts.val_ann and opts.val_images:
         val_ds = CocoDetection(opts.val_ann, opts.val_images, cfg, train=False)
         val_ds.check_images()
-    if opts.max_minutes is not None and main:
+    return train_ds, val_ds
+
+
+def _amp_dtype(cfg: GFLConfig, device: torch.device, main: bool) -> Optional[torch.dtype]:
+    """The autocast dtype (None: fp32): fp16 with a scaler on CUDA, bf16 on CPUs that compute it natively."""
+    if device.type == "cuda" and cfg.amp:
+        return torch.float16
+    if device.type == "cpu" and cfg.cpu_amp:
+        if cpu_has_native_bf16():
+            return torch.bfloat16
+        if main:
+            warnings.warn("cpu_amp: no native bf16 here (the CPU lacks AVX512-BF16/AMX, or the kernels are capped "
+                          "at AVX2: GFLNB_NATIVE_ISA=1 lifts gflnb's cap); training in fp32")
+    return None
+
+
+def setup(cfg: GFLConfig, opts: TrainOptions) -> Run:
+    """Data, model, EMA, optimizer, AMP and log of a run, a new one or one resumed from ``latest.pth``."""
+    work = Path(opts.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    distributed, device = _init_distributed(resolve_device(opts.device))
+    rank, world = dist.rank(), dist.world_size()
+    torch.manual_seed(cfg.seed)
+    if opts.deterministic:
+        torch.use_deterministic_algorithms(True)
+    train_ds, val_ds = _load_data(cfg, opts, rank == 0)
+    if opts.max_minutes is not None and rank == 0:
         warnings.warn(f"max_minutes={opts.max_minutes}: a wall-clock budget, so the result depends on this "
                       "machine's speed; budget in epochs or max_iters for one that reproduces everywhere")
     model = GFL(cfg)
     latest = work / "latest.pth"
-    state = dict(epoch=0, iter_in_epoch=0, global_iter=0, bad_batches=0, train_seconds=0.0)
+    state = dict(epoch=0, iter_in_epoch=0, global_iter=0, bad_batches=0, train_seconds=0.0, eval_history=[])
     ckpt = None
     if opts.resume:
         if not latest.exists():
@@ -206,136 +264,172 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
     if ema is not None and ckpt is not None and "train_state_dict" in ckpt:
         ema.module.load_state_dict(ckpt["state_dict"])
         ema.n_averaged.fill_(int(ckpt["meta"].get("ema_updates", 0)))
-    total_batch = cfg.batch_size * world
-    base_lr = cfg.lr * total_batch / cfg.base_batch_size
+    base_lr = cfg.lr * cfg.batch_size * world / cfg.base_batch_size
     optimizer = build_optimizer(cfg, model, base_lr)
-    amp_dtype = None  # autocast dtype; None: fp32
-    if device.type == "cuda" and cfg.amp:
-        amp_dtype = torch.float16
-    elif device.type == "cpu" and cfg.cpu_amp:
-        if cpu_has_native_bf16():
-            amp_dtype = torch.bfloat16
-        elif main:
-            warnings.warn("cpu_amp: no native bf16 here (the CPU lacks AVX512-BF16/AMX, or the kernels are capped "
-                          "at AVX2: GFLNB_NATIVE_ISA=1 lifts gflnb's cap); training in fp32")
+    amp_dtype = _amp_dtype(cfg, device, rank == 0)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["torch_rng"])
-    loss_module = _LossModule(model)
+    loss_module: nn.Module = _LossModule(model)
     if distributed:
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
-
-    log = JsonlLog(work / "log.jsonl", keep_until_iter=state["global_iter"] if opts.resume else None) if main else None
-    if main:
+    log = None
+    if rank == 0:
+        log = JsonlLog(work / "log.jsonl", keep_until_iter=state["global_iter"] if opts.resume else None)
         (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    groups = train_ds.aspect_groups()
-    t_start = time.perf_counter() - state["train_seconds"]  # a resumed run keeps its budget
-    stop_reason = "finished"
-    save = lambda path: _save(path, model, ema, optimizer, scaler, state, cfg, train_ds.class_names,  # noqa: E731
-                              train_ds.label2cat) if main else None
+    return Run(cfg, opts, work, device, distributed, rank, world, train_ds, val_ds, model, ema, optimizer, scaler,
+               amp_dtype, base_lr, loss_module, log, state)
+
+
+def save_checkpoint(run: Run, path: Path) -> None:
+    """Atomically, from the main process only."""
+    if run.main:
+        _save(path, run.model, run.ema, run.optimizer, run.scaler, run.state, run.cfg, run.train_ds.class_names,
+              run.train_ds.label2cat)
+
+
+def train_step(run: Run, images: torch.Tensor, targets: list, metas: list) -> dict[str, float]:
+    """One optimizer step; returns the losses. A non-finite loss skips the step (up to
+    ``skip_bad_batches`` times) and then raises :class:`TrainingDiverged`."""
+    with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.bfloat16,
+                        enabled=run.amp_dtype is not None):
+        losses = run.loss_module(images, targets, metas)
+    loss = sum(losses.values())
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    run.optimizer.zero_grad(set_to_none=True)
+    if bad:
+        run.state["bad_batches"] += 1
+        msg = (f"non-finite {', '.join(bad)} at iteration {run.state['global_iter'] + 1} "
+               f"(epoch {run.state['epoch'] + 1}): {values}")
+        if run.state["bad_batches"] > run.opts.skip_bad_batches:
+            raise TrainingDiverged(msg + f"; the last good checkpoint is {run.latest}")
+        if run.main:
+            run.log.write(dict(event="skipped_batch", iter=run.state["global_iter"], reason=msg))
+        return values
+    scaler = run.scaler
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(run.optimizer)
+    if run.cfg.grad_clip:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    if scaler is not None:
+        scaler.step(run.optimizer)
+        scaler.update()
+    else:
+        run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+    return values
+
+
+def train_epoch(run: Run, t_start: float) -> Optional[str]:
+    """The rest of the current epoch (all of it, or what a resumed run has left); returns why it
+    stopped early (a budget), or None when the epoch is complete."""
+    cfg, opts, state = run.cfg, run.opts, run.state
+    epoch = state["epoch"]
+    run.train_ds.set_epoch(epoch)
+    batches = epoch_batches(run.train_ds.aspect_groups(), cfg.batch_size, cfg.seed, epoch, True, run.rank, run.world)
+    run.model.train()
+    bar = tqdm(total=len(batches), initial=state["iter_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               unit="it", disable=not (opts.progress and run.main), dynamic_ncols=True)
+    t_data = time.perf_counter()
     try:
-        while state["epoch"] < cfg.epochs:
-            epoch = state["epoch"]
-            train_ds.set_epoch(epoch)
-            batches = epoch_batches(groups, cfg.batch_size, cfg.seed, epoch, True, rank, world)
-            todo = batches[state["iter_in_epoch"]:]
-            model.train()
-            bar = tqdm(total=len(batches), initial=state["iter_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       unit="it", disable=not (opts.progress and main), dynamic_ncols=True)
+        for images, targets, metas in make_loader(run.train_ds, batches[state["iter_in_epoch"]:], cfg.num_workers):
+            t0 = time.perf_counter()
+            frac = (t0 - t_start) / 60 / opts.max_minutes if opts.max_minutes else None
+            lr = lr_at(cfg, run.base_lr, epoch, state["global_iter"], frac)
+            for g in run.optimizer.param_groups:
+                g["lr"] = lr
+            values = train_step(run, images.to(run.device, non_blocking=True),
+                                [{k: v.to(run.device) for k, v in t.items()} for t in targets], metas)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
+            t1 = time.perf_counter()
+            state["global_iter"] += 1
+            state["iter_in_epoch"] += 1
+            if run.main:
+                rec = dict(iter=state["global_iter"], epoch=epoch + 1, lr=lr, **values, loss=sum(values.values()),
+                           data_time=round(t0 - t_data, 5), step_time=round(t1 - t0, 5),
+                           imgs_per_s=round(len(metas) * run.world / (t1 - t_data), 2))
+                run.log.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
+            bar.update(1)
             t_data = time.perf_counter()
-            stop = False
-            for images, targets, metas in make_loader(train_ds, todo, cfg.num_workers):
-                t0 = time.perf_counter()
-                frac = (t0 - t_start) / 60 / opts.max_minutes if opts.max_minutes else None
-                lr = lr_at(cfg, base_lr, epoch, state["global_iter"], frac)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                images = images.to(device, non_blocking=True)
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
-                                    enabled=amp_dtype is not None):
-                    losses = loss_module(images, targets, metas)
-                loss = sum(losses.values())
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                optimizer.zero_grad(set_to_none=True)
-                if bad:
-                    state["bad_batches"] += 1
-                    msg = (f"non-finite {', '.join(bad)} at iteration {state['global_iter'] + 1} "
-                           f"(epoch {epoch + 1}): {values}")
-                    if state["bad_batches"] > opts.skip_bad_batches:
-                        raise TrainingDiverged(msg + f"; the last good checkpoint is {latest}")
-                    if main:
-                        log.write(dict(event="skipped_batch", iter=state["global_iter"], reason=msg))
-                else:
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    if ema is not None:
-                        ema.update_parameters(model)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t1 = time.perf_counter()
-                state["global_iter"] += 1
-                state["iter_in_epoch"] += 1
-                if main:
-                    rec = dict(iter=state["global_iter"], epoch=epoch + 1, lr=lr, **values,
-                               loss=sum(values.values()), data_time=round(t0 - t_data, 5),
-                               step_time=round(t1 - t0, 5), imgs_per_s=round(len(metas) * world / (t1 - t_data), 2))
-                    log.write(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
-                bar.update(1)
-                t_data = time.perf_counter()
-                state["train_seconds"] = t_data - t_start
-                elapsed = (t_data - t_start) / 60
-                if opts.max_minutes is not None and elapsed >= opts.max_minutes:
-                    stop, stop_reason = True, f"time budget of {opts.max_minutes} min"
-                elif opts.max_iters is not None and state["global_iter"] >= opts.max_iters:
-                    stop, stop_reason = True, f"max_iters={opts.max_iters}"
-                if stop:
-                    break
-                if opts.checkpoint_every and state["global_iter"] % opts.checkpoint_every == 0:
-                    save(latest)
-            bar.close()
-            if stop:
-                save(latest)
-                break
-            state["epoch"] += 1
-            state["iter_in_epoch"] = 0
-            if main:
-                save(latest)
-                if opts.keep_epoch_checkpoints:
-                    save(work / f"epoch_{state['epoch']}.pth")
+            state["train_seconds"] = t_data - t_start
+            if opts.max_minutes is not None and state["train_seconds"] / 60 >= opts.max_minutes:
+                return f"time budget of {opts.max_minutes} min"
+            if opts.max_iters is not None and state["global_iter"] >= opts.max_iters:
+                return f"max_iters={opts.max_iters}"
+            if opts.checkpoint_every and state["global_iter"] % opts.checkpoint_every == 0:
+                save_checkpoint(run, run.latest)
     finally:
-        if log is not None:
-            log.close()
-    train_minutes = (time.perf_counter() - t_start) / 60
-    metrics: dict[str, Any] = dict(stop_reason=stop_reason, train_minutes=round(train_minutes, 3),
-                                   iterations=state["global_iter"], epoch=state["epoch"],
-                                   iter_in_epoch=state["iter_in_epoch"], checkpoint=str(latest),
-                                   machine=machine_info(), budget="wall-clock (machine-dependent)"
-                                   if opts.max_minutes is not None else "iterations")
-    if val_ds is not None:
-        from .evaluate import evaluate_model, format_table
-        res = evaluate_model(ema.module if ema is not None else model, val_ds, device, opts.eval_batch_size,
-                             work / "val_results.json", opts.progress)
-        metrics.update(res.to_dict())
-        print(format_table(res, f"{cfg.name} on {opts.val_ann}"))
-    if main:
-        (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if distributed:
+        bar.close()
+    return None
+
+
+def evaluate_epoch(run: Run, out: Optional[Path] = None):
+    """COCO AP of the weights to evaluate on the validation set, kept in ``state['eval_history']``
+    (and so in checkpoints and ``metrics.json``) and logged."""
+    from .evaluate import evaluate_model
+    res = evaluate_model(run.eval_model, run.val_ds, run.device, run.opts.eval_batch_size, out, run.opts.progress)
+    entry = dict(epoch=run.state["epoch"], iter=run.state["global_iter"], **res.metrics)
+    run.state["eval_history"] = [e for e in run.state["eval_history"] if e["epoch"] != entry["epoch"]] + [entry]
+    run.log.write(dict(event="eval", **entry))
+    return res
+
+
+def end_epoch(run: Run) -> None:
+    """A finished epoch: its checkpoints, and an evaluation when ``eval_every`` asks for one (before
+    the checkpoint, so that a resumed run does not evaluate the same epoch again)."""
+    run.state["epoch"] += 1
+    run.state["iter_in_epoch"] = 0
+    if not run.main:
+        return
+    every = run.opts.eval_every
+    if every and run.val_ds is not None and run.state["epoch"] % every == 0 and run.state["epoch"] < run.cfg.epochs:
+        evaluate_epoch(run)  # the last epoch is evaluated by train() itself
+        run.model.train()
+    save_checkpoint(run, run.latest)
+    if run.opts.keep_epoch_checkpoints:
+        save_checkpoint(run, run.work / f"epoch_{run.state['epoch']}.pth")
+
+
+def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
+    """Train ``cfg`` on COCO-format data; returns the final metrics (also written to the work dir)."""
+    if opts.epochs is not None:
+        cfg = from_dict({**cfg.to_dict(), "epochs": int(opts.epochs)})
+    run = setup(cfg, opts)
+    t_start = time.perf_counter() - run.state["train_seconds"]  # a resumed run keeps its budget
+    stop_reason = "finished"
+    try:
+        while run.state["epoch"] < cfg.epochs:
+            stop_reason = train_epoch(run, t_start) or stop_reason
+            if stop_reason != "finished":
+                save_checkpoint(run, run.latest)
+                break
+            end_epoch(run)
+        state = run.state
+        metrics: dict[str, Any] = dict(
+            stop_reason=stop_reason, train_minutes=round((time.perf_counter() - t_start) / 60, 3),
+            iterations=state["global_iter"], epoch=state["epoch"], iter_in_epoch=state["iter_in_epoch"],
+            checkpoint=str(run.latest), machine=machine_info(),
+            budget="wall-clock (machine-dependent)" if opts.max_minutes is not None else "iterations")
+        if run.val_ds is not None:
+            from .evaluate import format_table
+            res = evaluate_epoch(run, run.work / "val_results.json")
+            metrics.update(res.to_dict())
+            print(format_table(res, f"{cfg.name} on {opts.val_ann}"))
+        metrics["eval_history"] = state["eval_history"]
+    finally:
+        if run.log is not None:
+            run.log.close()
+    if run.main:
+        (run.work / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if run.distributed:
         torch.distributed.destroy_process_group()
     return metrics

@@ -42,6 +42,7 @@ train_images = ""
 val_ann = ""
 val_images = ""
 epochs = 0  # 0: the preset's schedule (the budget, in epochs: the same result on every machine)
+eval_every = 0  # also evaluate on the validation set every N epochs (0: only at the end); kept in the record
 max_minutes = 0.0  # 0: none; else also stop (with a checkpoint) after this many minutes: machine-dependent
 overrides = {}  # any config field, e.g. {"lr": 0.004}
 work_dir = "../runs/chapter3"  # checkpoints, log.jsonl and metrics.json land here
@@ -129,7 +130,7 @@ for ax, rec in zip(axes, ds.records[:4]):
 
 # %%
 opts = TrainOptions(train_ann, train_images, work_dir, val_ann or None, val_images or None,
-                    max_minutes=max_minutes or None, device=device, progress=False)
+                    max_minutes=max_minutes or None, device=device, progress=False, eval_every=eval_every)
 metrics = train(cfg, opts)
 machine = machine_info()
 print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
@@ -168,4 +169,5 @@ if val_ann:
 ap = metrics.get("metrics", {})
 nb.record(chapter="training", config=cfg.name, max_minutes=max_minutes, iterations=metrics["iterations"],
           train_minutes=metrics["train_minutes"], checkpoint=checkpoint, AP=ap.get("AP"), AP50=ap.get("AP50"),
-          imgs_per_s=float(log["imgs_per_s"].median()), machine=describe(machine))
+          imgs_per_s=float(log["imgs_per_s"].median()), machine=describe(machine),
+          eval_history=[dict(epoch=e["epoch"], AP=e.get("AP")) for e in metrics.get("eval_history", [])])

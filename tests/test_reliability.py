@@ -318,3 +318,26 @@ def test_one_pixel_boxes_give_finite_losses():
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------ evaluation during training
+def test_eval_every_keeps_the_training_identical_and_records_each_ap(tiny, tmp_path):
+    """Evaluating every epoch leaves the losses bit-identical (evaluation runs on the inference copy
+    and draws no random numbers), and every evaluation's AP lands in metrics, checkpoint and log."""
+    from gflnb.train import TrainOptions, train
+    ann, imgs = dataset_paths(tiny, "train")
+    vann, vimgs = dataset_paths(tiny, "val")
+    cfg = get_config("gfl_cpu_demo", num_classes=4, batch_size=4, warmup_iters=2, epochs=3)
+    runs = {}
+    for every in (0, 1):
+        work = tmp_path / f"e{every}"
+        m = train(cfg, TrainOptions(str(ann), str(imgs), str(work), str(vann), str(vimgs), progress=False,
+                                    eval_every=every))
+        log = [json.loads(ln) for ln in (work / "log.jsonl").read_text().splitlines()]
+        runs[every] = (m, [r["loss"] for r in log if "loss" in r], [r for r in log if r.get("event") == "eval"])
+    (m0, loss0, ev0), (m1, loss1, ev1) = runs[0], runs[1]
+    assert loss0 == loss1 and m0["metrics"]["AP"] == m1["metrics"]["AP"]
+    assert [e["epoch"] for e in m1["eval_history"]] == [1, 2, 3] and [e["epoch"] for e in m0["eval_history"]] == [3]
+    assert m1["eval_history"][-1]["AP"] == m1["metrics"]["AP"] and [e["epoch"] for e in ev1] == [1, 2, 3]
+    ck = torch.load(tmp_path / "e1" / "epoch_2.pth", weights_only=True)
+    assert [e["epoch"] for e in ck["meta"]["eval_history"]] == [1, 2]
