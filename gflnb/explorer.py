@@ -21,7 +21,6 @@ from matplotlib.figure import Figure
 from .analysis import best_match, predict_images
 from .data import CocoDetection
 from .detector import GFL
-from .fuse import inference_model
 from .gallery import draw_edge_distributions
 from .preprocess import load_image
 
@@ -40,7 +39,7 @@ class Explorer:
                  images: Optional[Sequence[int]] = None, iou_match: float = 0.5):
         if not len(dataset):
             raise ValueError("the dataset has no images")
-        self.model = inference_model(model, device)
+        self.model = model.inference_net(device)  # built once for all the views
         if self.model.cfg.box == "dirac":
             raise ValueError("this model regresses boxes directly (box='dirac'): it has no distributions to explore")
         self.ds, self.device, self.iou_match = dataset, device, iou_match

@@ -58,11 +58,10 @@ from IPython.display import Markdown
 from gflnb import explore, spread, viz
 from gflnb.analysis import edge_table, load_model, object_view
 from gflnb.data import CocoDetection, ann_stats
-from gflnb.fuse import inference_model
 
 viz.setup()
 over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
-model = inference_model(load_model(checkpoint, config or None, **over), device)  # once, for every figure below
+model = load_model(checkpoint, config or None, **over).eval()  # its inference path is built once, for every figure below
 ds = CocoDetection(ann, images, model.cfg, train=False)
 edges = edge_table(model, ds, max_images=max_images, device=device, iou_match=iou_match)
 if edges.empty:
