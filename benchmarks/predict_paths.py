@@ -1,0 +1,22 @@
+"""GFL.predict (eval mode: the inference path) against BN folded NCHW, the model as built and torchvision FCOS,
+interleaved, R-50 preset with random weights, batch 1:  .venv/bin/python benchmarks/predict_paths.py [ROUNDS]"""
+import sys
+
+import torch
+
+import gflnb  # noqa: F401  (portable kernels before torch picks them)
+from gflnb.benchmark import inference_setup, tv_infer, time_interleaved, med
+from gflnb.fuse import fuse_for_inference
+from gflnb.machine import describe, machine_info
+print(describe(machine_info()), torch.__version__, torch.get_num_threads())
+for shape in [(512, 512), (800, 1333)]:
+    model, x, meta = inference_setup("gfl_r50_fpn_1x_coco", shape, path="plain")
+    nchw = fuse_for_inference(model)  # folded, NCHW
+    fns = {"predict (fast path)": lambda: model.predict(x, meta, rescale=False),
+           "folded NCHW": lambda: nchw.predict(x, meta, rescale=False),
+           "plain": lambda: model.predict(x, meta, rescale=False, fast=False)}
+    fcos, _ = tv_infer("fcos", shape)
+    fns["fcos"] = fcos
+    t = time_interleaved(fns, int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    f = med(t["fcos"])
+    print(shape, {k: f"{med(v):.3f}s {med(v)/f:.2f}xFCOS" for k, v in t.items()}, flush=True)
