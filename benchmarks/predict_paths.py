@@ -2,9 +2,8 @@
 interleaved, R-50 preset with random weights, batch 1:  .venv/bin/python benchmarks/predict_paths.py [ROUNDS]"""
 import sys
 
-import torch
-
-import gflnb  # noqa: F401  (portable kernels before torch picks them)
+import gflnb  # noqa: F401  (first: the portable kernels are chosen before torch loads)
+import torch  # noqa: E402
 from gflnb.benchmark import inference_setup, tv_infer, time_interleaved, med
 from gflnb.fuse import fuse_for_inference
 from gflnb.machine import describe, machine_info
