@@ -27,7 +27,8 @@ def _fake_anchor_scores(separate: bool, seed: int, n: int = 3000) -> dict:
 
 
 def _write_ablation_sweep(root: Path) -> dict:
-    """A tiny sweep output for chapter 7: gfl and iou x 2 seeds, one failed run, two Fig. 2 records."""
+    """A tiny sweep output for chapter 7: Table 1a's joint QFL and IoU-branch rows (both Dirac boxes, as the
+    paper's) x 2 seeds, one failed run, two Fig. 2 records."""
     import csv
     from gflnb.analysis import background_summary
     root.mkdir(parents=True)
@@ -35,12 +36,12 @@ def _write_ablation_sweep(root: Path) -> dict:
         "notebook: notebooks/03_training.py\nseeds: [0, 1]\n"
         "parameters: {config: gfl_cpu_demo, num_train: 12, num_val: 4, epochs: 3}\n"
         "variants:\n"
-        "  gfl:  {tables: ['1a', '1c', '2a', '3'], label: 'joint, QFL + DFL (GFL)', overrides: {}}\n"
-        "  iou:  {tables: ['1a'], label: 'separate IoU branch', overrides: {quality: iou}}\n"
-        "  none: {tables: ['1a', '3'], label: 'no quality (focal loss), DFL', overrides: {quality: none}}\n")
+        "  qfl_dirac: {tables: ['1a', '1c', '3'], label: 'joint, QFL, Dirac box', overrides: {box: dirac}}\n"
+        "  iou:  {tables: ['1a'], label: 'separate IoU branch', overrides: {quality: iou, box: dirac}}\n"
+        "  none: {tables: ['1a'], label: 'no quality (focal loss)', overrides: {quality: none, box: dirac}}\n")
     cols = ["variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "status", "error", "iterations", "wall_s",
             "command", "metrics_path", "record_path"]
-    ap = {("gfl", 0): 55.4, ("gfl", 1): 56.0, ("iou", 0): 53.1, ("iou", 1): 53.9}
+    ap = {("qfl_dirac", 0): 55.4, ("qfl_dirac", 1): 56.0, ("iou", 0): 53.1, ("iou", 1): 53.9}
     with open(root / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, cols)
         w.writeheader()
@@ -51,8 +52,9 @@ def _write_ablation_sweep(root: Path) -> dict:
         w.writerow(dict(variant="none", seed=0, status="failed", error="exit 1: RuntimeError: out of memory",
                         command="...", metrics_path="runs/none__s0/metrics.json", record_path="records/none__s0.json"))
     (root / "records").mkdir()
-    for v, sep in (("gfl", False), ("iou", True)):
-        rec = dict(variant=v, seed=0, overrides={} if v == "gfl" else {"quality": "iou"}, status="ok", command="...",
+    for v, sep in (("qfl_dirac", False), ("iou", True)):
+        rec = dict(variant=v, seed=0, overrides={"box": "dirac"} if v == "qfl_dirac" else {"quality": "iou", "box": "dirac"},
+                   status="ok", command="...",
                    metrics={"AP": ap[(v, 0)]}, background=background_summary(_fake_anchor_scores(sep, seed=1)))
         (root / "records" / f"{v}__s0.json").write_text(json.dumps(rec))
     return dict(results_csv=str(root / "results.csv"), grid=str(root / "grid.yaml"),
@@ -127,7 +129,7 @@ def test_notebook_ran_with_injected_parameters_and_drew_figures(executed, name):
         assert rec["claims"] == len(CLAIMS) == rec["holds"] + rec["reversed"] + rec["not_resolved"]
         # the one claim both variants ran: joint 55.7 vs IoU 53.5, 2.2 AP > 2 x 0.5 (Welch SE)
         assert rec["holds"] == 1 and rec["reversed"] == 0
-        assert rec["background_variants"] == ["gfl", "iou"] and rec["iterations"] == [9]
+        assert rec["background_variants"] == ["iou", "qfl_dirac"] and rec["iterations"] == [9]
 
 
 def test_bad_parameter_stops_with_a_readable_message(tmp_path):
