@@ -225,7 +225,10 @@ def run_point(grid: Grid, p: Point) -> dict:
             raise RuntimeError(f"exit {proc.returncode}: {err.strip()[:500]}")
         m = json.loads(mp.read_text())
         rec.update(status="ok", error="", iterations=m["iterations"], metrics=m.get("metrics", {}),
-                   machine=m.get("machine"))
+                   machine=m.get("machine"), train_minutes=m.get("train_minutes"),
+                   # the learning curve: AP (and its siblings) after every eval_every epochs
+                   eval_history=[{k: e[k] for k in ("epoch", "iter", *AP_KEYS) if k in e}
+                                 for e in m.get("eval_history", [])])
     except Exception as e:  # a failed point is recorded and the sweep goes on
         rec.update(status="failed", error=str(e).replace("\n", " ")[:500])
     _atomic_write(record_path(grid, p), json.dumps(rec, indent=1, default=str))
