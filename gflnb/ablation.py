@@ -117,20 +117,23 @@ def read_records(records_dir: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ summaries over seeds
 def variant_stats(df: pd.DataFrame, variants: Sequence[str], metrics: Sequence[str] = ("AP", "AP50", "AP75")
                   ) -> pd.DataFrame:
-    """Per variant: ``n`` (successful seeds), ``failed``, and ``<m>_mean``, ``<m>_std`` (nan for n < 2)."""
+    """Per variant: ``n`` (successful seeds), ``failed``, ``missing`` (not run yet), and ``<m>_mean``,
+    ``<m>_std`` (nan for n < 2)."""
     ok = ok_rows(df)
     rows = []
     for v in variants:
         vals = ok[ok["variant"] == v] if not ok.empty else ok
         row: dict[str, Any] = dict(variant=v, n=int(len(vals)),
-                                   failed=int(((df["variant"] == v) & (df["status"] != "ok")).sum()) if not df.empty
-                                   else 0)
+                                   failed=int(((df["variant"] == v) & (df["status"] == "failed")).sum())
+                                   if not df.empty else 0,
+                                   missing=int(((df["variant"] == v) & (df["status"] == "missing")).sum())
+                                   if not df.empty else 0)
         for m in metrics:
             x = vals[m].dropna().to_numpy(np.float64) if m in vals else np.zeros(0)
             row[f"{m}_mean"] = float(x.mean()) if len(x) else math.nan
             row[f"{m}_std"] = float(x.std(ddof=1)) if len(x) >= 2 else math.nan
         rows.append(row)
-    return pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame(columns=["n", "failed"])
+    return pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame(columns=["n", "failed", "missing"])
 
 
 def fmt(mean: float, std: float, n: int, digits: int = 1) -> str:
@@ -191,12 +194,14 @@ def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
 
 
 def run_info(df: pd.DataFrame, grid: dict[str, Any]) -> dict[str, Any]:
-    """Run counts and size: runs, ok, failed, variants, seeds, iterations (sorted distinct values of the
-    successful runs), and from the grid's parameters config, num_train, num_val, epochs (None if absent)."""
+    """Run counts and size: runs, ok, failed, missing (not run yet: a sweep over several sittings),
+    variants, seeds, iterations (sorted distinct values of the successful runs), and from the grid's
+    parameters config, num_train, num_val, epochs (None if absent)."""
     ok = ok_rows(df)
     par = grid.get("parameters") or {}
     its = sorted({int(i) for i in ok["iterations"].dropna()}) if "iterations" in ok and not ok.empty else []
-    return dict(runs=int(len(df)), ok=int(len(ok)), failed=int(len(df) - len(ok)),
+    missing = int((df["status"] == "missing").sum()) if "status" in df else 0
+    return dict(runs=int(len(df)), ok=int(len(ok)), failed=int(len(df) - len(ok) - missing), missing=missing,
                 variants=int(ok["variant"].nunique()) if not ok.empty else 0,
                 seeds=sorted(int(s) for s in ok["seed"].dropna().unique()) if not ok.empty else [],
                 iterations=its, config=par.get("config"), num_train=par.get("num_train"),
@@ -338,7 +343,7 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
     if info.get("num_val") is not None:
         size.append(f"AP on {info['num_val']} validation images")
     cfg = f" of `{info['config']}`" if info.get("config") else ""
-    lines.append(f"* Run size: {info['ok']} successful runs{cfg} ({info['failed']} failed), {it_txt} iterations "
+    lines.append(f"* Run size: {info['ok']} successful runs{cfg} ({info['failed']} failed, {info.get('missing', 0)} not run yet), {it_txt} iterations "
                  f"each" + (f" ({', '.join(size)})" if size else "") + f", seeds {info['seeds'] or '–'}. The "
                  f"paper's numbers are {paper.SETTING}, 90k iterations of 16 images each; these are the synthetic "
                  "CPU demo, so only the directions of the differences, not the AP values, can be compared.")

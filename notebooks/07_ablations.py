@@ -70,7 +70,7 @@ labels = ablation.variant_labels(g, order + [v for t in paper.TABLES.values() fo
 ok = ablation.ok_rows(df)
 stats = ablation.variant_stats(df, order)
 info = ablation.run_info(df, g)
-print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} failed; "
+print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} failed, {info['missing']} not run yet; "
       f"{info['variants']} variants, seeds {info['seeds']}, iterations per run {info['iterations'] or '–'}; "
       f"{len(records)} records")
 
@@ -85,10 +85,11 @@ print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} 
 if len(stats) and len(df):
     runs = pd.DataFrame({"variant": stats.index, "label": [labels[v] for v in stats.index],
                          "ok seeds": stats["n"].to_numpy(), "failed": stats["failed"].to_numpy(),
+                         "not run yet": stats["missing"].to_numpy(),
                          **{m: [ablation.fmt(s[f"{m}_mean"], s[f"{m}_std"], int(s["n"])) for _, s in stats.iterrows()]
                             for m in ("AP", "AP50", "AP75")}}).set_index("variant")
     display(runs)
-    bad = df[df["status"] != "ok"]
+    bad = df[df["status"] == "failed"]  # rows not run yet are counted above, not listed as failures
     if len(bad):
         display(bad[["variant", "seed", "status", "error"]].set_index(["variant", "seed"]))
 else:
@@ -178,7 +179,7 @@ print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {co
 display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels, ok))))
 
 # %% tags=["remove-cell"]
-nb.record(chapter="ablations", runs=info["runs"], ok_runs=info["ok"], failed_runs=info["failed"],
+nb.record(chapter="ablations", runs=info["runs"], ok_runs=info["ok"], failed_runs=info["failed"], missing_runs=info["missing"],
           variants=info["variants"], seeds=len(info["seeds"]), iterations=info["iterations"],
           claims=len(claims), holds=counts["holds"], reversed=counts["reversed"],
           not_resolved=counts["not_resolved"], background_variants=sorted(pooled))
