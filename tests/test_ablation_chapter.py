@@ -55,12 +55,13 @@ def _ok(v, seed, ap):
 def test_one_seed_and_failed_rows(tmp_path):
     _write_csv(tmp_path / "r.csv", [_ok("qfl_dirac", 0, 55.4), _ok("none", 0, 50.0),
                                     dict(variant="none", seed=1, status="failed", error="exit 1: boom"),
-                                    dict(variant="iou", seed=0, status="failed", error="exit 1: boom")])
+                                    dict(variant="iou", seed=0, status="failed", error="exit 1: boom"),
+                                    dict(variant="iou", seed=1, status="missing", error="")])
     df = ablation.read_results(tmp_path / "r.csv")
     assert len(ablation.ok_rows(df)) == 2
     st = ablation.variant_stats(df, ["qfl_dirac", "none", "iou"])
     assert st.loc["qfl_dirac", "n"] == 1 and math.isnan(st.loc["qfl_dirac", "AP_std"]) and st.loc["none", "failed"] == 1
-    assert st.loc["iou", "n"] == 0 and st.loc["iou", "failed"] == 1
+    assert st.loc["iou", "n"] == 0 and st.loc["iou", "failed"] == 1 and st.loc["iou", "missing"] == 1
     assert ablation.fmt(st.loc["qfl_dirac", "AP_mean"], st.loc["qfl_dirac", "AP_std"], 1) == "55.4 (n=1)"
     assert ablation.fmt(55.44, 0.31, 3) == "55.4 ± 0.3 (n=3)" and ablation.fmt(math.nan, math.nan, 0) == "–"
     t = ablation.side_by_side("1a", st)
@@ -75,9 +76,10 @@ def test_one_seed_and_failed_rows(tmp_path):
     counts = ablation.verdict_counts(claims)
     assert counts == dict(holds=0, reversed=0, not_resolved=len(paper.CLAIMS))
     info = ablation.run_info(df, {"parameters": {"num_train": 1000, "num_val": 200, "epochs": 3}})
-    assert (info["runs"], info["ok"], info["failed"], info["iterations"], info["seeds"]) == (4, 2, 2, [375], [0])
+    assert (info["runs"], info["ok"], info["failed"], info["missing"], info["iterations"], info["seeds"]) == (
+        5, 2, 2, 1, [375], [0])
     text = "\n".join(ablation.learned(claims, info, {}, {}))
-    assert "375 iterations" in text and "1000 synthetic training images" in text and "COCO minival" in text
+    assert "(2 failed, 1 not run yet)" in text and "375 iterations" in text and "1000 synthetic training images" in text and "COCO minival" in text
     assert "Not resolved (fewer than 2 seeds): joint QFL beats no quality branch" in text
     with pytest.raises(FileNotFoundError, match="no sweep table"):
         ablation.read_results(tmp_path / "missing.csv")
