@@ -1,4 +1,4 @@
-"""``gflnb`` command line: synth, train, evaluate, benchmark, sweep.
+"""``gflnb`` command line: synth, train, evaluate, benchmark, sweep, export.
 
 Bad input gives one line, ``gflnb: error: ...``, and exit status 2; never a traceback wall.
 """
@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate: what gflnb evaluate runs (BN folded, NHWC on CPU); nhwc: NHWC, BN not "
                         "folded; plain: the model as built")
     b.add_argument("--json", help="also write the result here")
+
+    x = sub.add_parser("export", help="the inference path as ONNX: backbone to decoded boxes and scores "
+                                      "(NMS: gflnb.export.postprocess)")
+    x.add_argument("--config", required=True, help="the preset the checkpoint was trained from")
+    x.add_argument("--checkpoint", help="gflnb's or mmdetection's checkpoint")
+    x.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (for timing)")
+    x.add_argument("--out", required=True, help="the .onnx file to write")
+    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
     w = sub.add_parser("sweep", help="run a grid of notebook experiments (variant x seed) with papermill")
     w.add_argument("grid", help="grid file, e.g. experiments/ablations/grid.yaml")
@@ -144,6 +152,30 @@ def _cmd_benchmark(a) -> None:
         Path(a.json).write_text(json.dumps(r, indent=1))
 
 
+def _cmd_export(a) -> None:
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .config import from_dict, get_config
+    from .detector import GFL
+    from .export import export_onnx
+    if bool(a.checkpoint) == bool(a.random_weights):
+        raise ValueError("give --checkpoint PATH, or --random-weights to export an untrained model")
+    over = _overrides(a.set)
+    cfg = get_config(a.config, pretrained_backbone=False, **over)  # an unknown preset fails here
+    ck = read_checkpoint(a.checkpoint) if a.checkpoint else None
+    meta = ck.get("meta") if ck is not None else None
+    if isinstance(meta, dict) and isinstance(meta.get("config"), dict):  # gflnb's own: its classes and fields
+        saved = from_dict(meta["config"])
+        if saved.name != cfg.name:
+            raise ValueError(f"checkpoint {a.checkpoint} was trained from preset {saved.name!r}, not {a.config!r}")
+        cfg = from_dict({**saved.to_dict(), "pretrained_backbone": False, **over})
+    model = GFL(cfg)
+    if ck is not None:
+        load_checkpoint(model, ck)  # a checkpoint of another architecture: one CheckpointError naming the keys
+    out = export_onnx(model.eval(), a.out)
+    print(f"{out}: {cfg.name}, {cfg.num_classes} classes, input [B, 3, H, W] (H, W multiples of "
+          f"{cfg.size_divisor}), outputs boxes and scores before NMS")
+
+
 def _cmd_sweep(a) -> None:
     from .sweep import run_sweep
     r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress)
@@ -169,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              FileNotFoundError, ValueError, KeyError, RuntimeError)
     try:
         {"synth": _cmd_synth, "train": _cmd_train, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark,
-         "sweep": _cmd_sweep}[args.cmd](args)
+         "sweep": _cmd_sweep, "export": _cmd_export}[args.cmd](args)
     except known as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"gflnb: error: {msg}", file=sys.stderr)
