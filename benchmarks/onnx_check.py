@@ -24,7 +24,7 @@ def main() -> None:
     path = export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx")
     det = OnnxDetector(path)
     collate = Collate(model.cfg)
-    counts, box_d, score_d, label_mismatch = [0, 0], 0.0, 0.0, 0
+    counts, box_d, score_d, label_mismatch, unmatched = [0, 0], 0.0, 0.0, 0, 0
     with torch.no_grad():
         for i in range(min(n, len(ds))):
             x, _, metas = collate([ds[i]])
@@ -36,8 +36,25 @@ def main() -> None:
             if k:
                 box_d = max(box_d, float(np.abs(a["boxes"][:k].numpy() - np.asarray(b["boxes"][:k])).max()))
                 score_d = max(score_d, float(np.abs(a["scores"][:k].numpy() - np.asarray(b["scores"][:k])).max()))
-    print(f"{min(n, len(ds))} images: detections torch {counts[0]}, onnxruntime {counts[1]}; label mismatches "
-          f"{label_mismatch}; largest box difference {box_d:.2e} px, largest score difference {score_d:.2e}")
+            unmatched += _unmatched(a, b)
+    print(f"{min(n, len(ds))} images: detections torch {counts[0]}, onnxruntime {counts[1]}; in the same order: "
+          f"{label_mismatch} label mismatches, largest box difference {box_d:.2e} px, largest score difference "
+          f"{score_d:.2e}; as sets (each torch detection matched to an onnxruntime one of the same label, box "
+          f"within 1e-3 px and score within 1e-5): {unmatched} unmatched")
+
+
+def _unmatched(a, b, box_atol: float = 1e-3, score_atol: float = 1e-5) -> int:
+    """Detections of either side with no partner on the other: the order of equal scores may differ."""
+    bb, bs, bl = (np.asarray(b[k]) for k in ("boxes", "scores", "labels"))
+    free = np.ones(len(bs), bool)
+    missed = 0
+    for box, score, label in zip(a["boxes"].numpy(), a["scores"].numpy(), a["labels"].numpy()):
+        ok = free & (bl == label) & (np.abs(bs - score) <= score_atol) & (np.abs(bb - box).max(1) <= box_atol)
+        if ok.any():
+            free[np.flatnonzero(ok)[0]] = False
+        else:
+            missed += 1
+    return missed + int(free.sum())  # left over on either side
 
 
 if __name__ == "__main__":

@@ -153,11 +153,23 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 1, no_grad: bool = Tr
     return times
 
 
+ONNX_ROW = "gflnb ONNX (onnxruntime, NMS in numpy)"
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def bench_inference(shape, rounds, probes) -> tuple[dict, dict]:
     """Latency and FLOPs of each model at ``shape``, with the rate probes in the same rounds."""
     fns, fwd = {}, {}
     for name, path in GFLNB_ROWS.items():
         fns[name], fwd[name] = gflnb_infer(shape, path)
+    if _has_onnxruntime():  # the exported graph, decode and NMS post-processing included, same weights' shape
+        from .export import ort_predict_fn
+        model, _, _ = inference_setup("gfl_r50_fpn_1x_coco", shape, path="plain")
+        fns[ONNX_ROW], fwd[ONNX_ROW] = ort_predict_fn(model, shape), fwd["gflnb"]  # same FLOPs as the torch path
     for n in ("fcos", "retinanet"):
         fns[f"torchvision {n}"], fwd[f"torchvision {n}"] = tv_infer(n, shape)
     times = time_interleaved({**fns, **{k: f for k, (f, _) in probes.items()}}, rounds)
