@@ -2,10 +2,13 @@
 the paper's tables (:mod:`gflnb.paper`), and each of the paper's claims given a verdict.
 
 The verdict rule (:func:`compare`): with ``a`` the per-seed AP of the variant the paper says is
-better and ``b`` the other's, ``d = mean(a) - mean(b)`` and Welch's standard error
-``se = sqrt(var(a)/n_a + var(b)/n_b)`` (sample variances). The claim *holds* when ``d > K_SE * se``,
-is *reversed* when ``d < -K_SE * se``, and is *not resolved* otherwise, and whenever either
-variant has fewer than 2 successful seeds (no spread, so no rule can be applied).
+better and ``b`` the other's, ``d = mean(a) - mean(b)``, Welch's standard error
+``se = sqrt(s_a^2/n_a + s_b^2/n_b)`` (sample variances) and the Welch-Satterthwaite degrees of
+freedom ``nu = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))``; the interval is
+``d +- t_nu(1 - alpha/2) se`` at ``CONFIDENCE = 1 - alpha``. The claim *holds* when the interval
+lies above 0, is *reversed* when it lies below, and is *not resolved* when it contains 0 or either
+variant has fewer than 2 successful seeds. Across claims, :func:`claim_table` also gives Holm's
+step-down verdicts, which keep the chance of any false verdict among all claims at ``alpha``.
 """
 from __future__ import annotations
 
@@ -20,35 +23,91 @@ import pandas as pd
 
 from . import paper
 
-K_SE = 2.0
+CONFIDENCE = 0.95
 VERDICTS = ("holds", "reversed", "not resolved")
-RULE = (f"a claim holds when the mean AP difference in the paper's direction exceeds {K_SE:g} x its "
-        "standard error (Welch's, from the per-seed values: sqrt(s_a^2/n_a + s_b^2/n_b)), is reversed when "
-        "it exceeds that in the other direction, and is not resolved otherwise or when either variant has "
-        "fewer than 2 successful seeds")
+RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
+        "with the Welch-Satterthwaite degrees of freedom, from the per-seed values) lies above 0 in the "
+        "paper's direction, is reversed when it lies below 0, and is not resolved when it contains 0 or "
+        "either variant has fewer than 2 successful seeds")
+MAX_SEEDS = 100  # seeds_needed searches up to this many per variant
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 # ------------------------------------------------------------------ the verdict rule
-def compare(better: Sequence[float], worse: Sequence[float], k: float = K_SE) -> dict[str, Any]:
-    """``dict(diff, se, n_better, n_worse, verdict)`` for per-seed values of the two variants.
+def _verdict(lo: float, hi: float) -> str:
+    return "holds" if lo > 0 else "reversed" if hi < 0 else "not resolved"
 
-    ``diff = mean(better) - mean(worse)`` (nan when either is empty), ``se`` Welch's standard error
-    (nan with fewer than 2 values on a side); NaNs among the values are dropped.
+
+def _values(x: Sequence[float]) -> np.ndarray:
+    return np.asarray([v for v in x if v is not None and np.isfinite(v)], np.float64)
+
+
+def welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, float]:
+    """``dict(diff, se, dof, lo, hi, p)`` of ``mean(a) - mean(b)`` (at least 2 values a side).
+
+    With no spread on either side (``se = 0``) the interval is the difference itself, and ``p`` is 0
+    where the means differ and 1 where they do not.
     """
-    a = np.asarray([v for v in better if v is not None and np.isfinite(v)], np.float64)
-    b = np.asarray([v for v in worse if v is not None and np.isfinite(v)], np.float64)
-    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(a) >= 2 and len(b) >= 2 else math.nan
-    if math.isnan(se):
-        verdict = "not resolved"
-    elif diff > k * se:
-        verdict = "holds"
-    elif diff < -k * se:
-        verdict = "reversed"
-    else:
-        verdict = "not resolved"
-    return dict(diff=diff, se=se, n_better=int(len(a)), n_worse=int(len(b)), verdict=verdict)
+    from scipy import stats
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff, se = float(a.mean() - b.mean()), math.sqrt(va + vb)
+    if se == 0:
+        return dict(diff=diff, se=0.0, dof=math.inf, lo=diff, hi=diff, p=0.0 if diff != 0 else 1.0)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
+    return dict(diff=diff, se=se, dof=float(dof), lo=diff - half, hi=diff + half,
+                p=float(2 * stats.t.sf(abs(diff) / se, dof)))
+
+
+def compare(better: Sequence[float], worse: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """``dict(diff, se, dof, lo, hi, p, n_better, n_worse, verdict)`` for per-seed values of the two
+    variants (:func:`welch`; the module docstring states the rule).
+
+    ``diff = mean(better) - mean(worse)`` (nan when either is empty); ``se``, ``dof``, the interval
+    ``[lo, hi]`` and ``p`` are nan with fewer than 2 values on a side; NaNs among the values (failed
+    seeds) are dropped.
+    """
+    a, b = _values(better), _values(worse)
+    out: dict[str, Any] = dict(diff=float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, se=math.nan,
+                               dof=math.nan, lo=math.nan, hi=math.nan, p=math.nan)
+    if len(a) >= 2 and len(b) >= 2:
+        out.update(welch(a, b, confidence))
+    verdict = "not resolved" if math.isnan(out["lo"]) else _verdict(out["lo"], out["hi"])
+    return dict(out, n_better=int(len(a)), n_worse=int(len(b)), verdict=verdict)
+
+
+def seeds_needed(better: Sequence[float], worse: Sequence[float], confidence: float = CONFIDENCE,
+                 max_seeds: int = MAX_SEEDS) -> Optional[int]:
+    """The fewest seeds per variant at which the measured difference and spreads would resolve the
+    claim (its interval exclude 0); None beyond ``max_seeds``, or without two seeds a side.
+
+    A planning figure: it takes the measured means and sample variances as if they were the truth.
+    """
+    a, b = _values(better), _values(worse)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+    d, sa, sb = abs(float(a.mean() - b.mean())), float(a.var(ddof=1)), float(b.var(ddof=1))
+    if sa + sb == 0:
+        return 2 if d > 0 else None
+    for n in range(2, max_seeds + 1):
+        va, vb = sa / n, sb / n
+        dof = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (n - 1))
+        if float(stats.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(va + vb) < d:
+            return n
+    return None
+
+
+def holm(p: Sequence[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
+    """Holm's step-down: which p-values are rejected with the family-wise error rate kept at ``alpha``.
+    NaN p-values (claims without two seeds a side) are neither tested nor counted."""
+    order = sorted((i for i, x in enumerate(p) if np.isfinite(x)), key=lambda i: p[i])
+    rejected = [False] * len(p)
+    for rank, i in enumerate(order):
+        if p[i] > alpha / (len(order) - rank):
+            break
+        rejected[i] = True
+    return rejected
 
 
 # ------------------------------------------------------------------ reading the sweep
@@ -163,15 +222,20 @@ def side_by_side(table: str, stats: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("paper's row")
 
 
-def claim_table(df: pd.DataFrame, claims: Sequence[dict[str, str]] = paper.CLAIMS, k: float = K_SE) -> pd.DataFrame:
-    """One row per claim: the paper's and this sweep's AP difference (better - worse), the standard
-    error, the seeds on each side, the verdict of :func:`compare` and why an unresolved one is."""
+def claim_table(df: pd.DataFrame, claims: Sequence[dict[str, str]] = paper.CLAIMS,
+                confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One row per claim: the paper's and this sweep's AP difference (better - worse), its standard
+    error, degrees of freedom, ``confidence`` interval ``[lo, hi]`` and p-value, the seeds on each side,
+    the verdict of :func:`compare` and why an unresolved one is, Holm's verdict across the claims
+    (``holm_verdict``), and, for a claim left within the seed spread, the seeds per variant that spread
+    would need (``seeds_needed``; None: more than ``MAX_SEEDS``)."""
     ok = ok_rows(df)
     rows = []
     for c in claims:
         def ap(v: str) -> list[float]:
             return ok.loc[ok["variant"] == v, "AP"].tolist() if not ok.empty else []
-        r = compare(ap(c["better"]), ap(c["worse"]), k)
+        r = compare(ap(c["better"]), ap(c["worse"]), confidence)
+        need = None
         if r["verdict"] != "not resolved":
             why = ""
         elif min(r["n_better"], r["n_worse"]) == 0:
@@ -180,15 +244,29 @@ def claim_table(df: pd.DataFrame, claims: Sequence[dict[str, str]] = paper.CLAIM
             why = "fewer than 2 seeds"
         else:
             why = "within the seed spread"
+            need = seeds_needed(ap(c["better"]), ap(c["worse"]), confidence)
         rows.append(dict(claim=c["claim"], table=c["table"], better=c["better"], worse=c["worse"],
-                         paper_diff=paper.paper_diff(c), diff=r["diff"], se=r["se"], n_better=r["n_better"],
-                         n_worse=r["n_worse"], verdict=r["verdict"], why=why))
-    return pd.DataFrame(rows)
+                         paper_diff=paper.paper_diff(c), diff=r["diff"], se=r["se"], dof=r["dof"], lo=r["lo"],
+                         hi=r["hi"], p=r["p"], n_better=r["n_better"], n_worse=r["n_worse"], verdict=r["verdict"],
+                         why=why, seeds_needed=need))
+    out = pd.DataFrame(rows)
+    if len(out):
+        rejected = holm(out["p"].tolist(), 1 - confidence)
+        out["holm_verdict"] = [_verdict(lo, hi) if hit else "not resolved"
+                               for hit, lo, hi in zip(rejected, out["lo"], out["hi"])]
+    return out
 
 
-def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
-    """``dict(holds, reversed, not_resolved)`` counts (they add up to the number of claims)."""
-    v = claims["verdict"] if not claims.empty else pd.Series(dtype=str)
+def chance_verdicts(claims: pd.DataFrame, confidence: float = CONFIDENCE) -> float:
+    """The verdicts chance alone would give if no testable claim (two seeds a side) had a real
+    difference: each such claim's interval excludes 0 with probability ``1 - confidence``."""
+    return float(np.isfinite(claims["p"]).sum() * (1 - confidence)) if len(claims) else 0.0
+
+
+def verdict_counts(claims: pd.DataFrame, column: str = "verdict") -> dict[str, int]:
+    """``dict(holds, reversed, not_resolved)`` counts of ``column`` (``verdict`` or ``holm_verdict``);
+    they add up to the number of claims."""
+    v = claims[column] if not claims.empty and column in claims else pd.Series(dtype=str)
     return dict(holds=int((v == "holds").sum()), reversed=int((v == "reversed").sum()),
                 not_resolved=int((v == "not resolved").sum()))
 
@@ -261,6 +339,117 @@ def pool_background(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
+# ------------------------------------------------------------------ learning curves (eval_every)
+def learning_curves(records: Sequence[dict[str, Any]], df: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per (variant, seed, epoch) of the successful records' ``eval_history``: columns
+    ``variant, seed, epoch, iter, AP``. With ``df`` (the sweep's table), only the records of its ``ok``
+    rows count, so a stale record from another grid draws no curve."""
+    keep = None
+    if df is not None:
+        ok = ok_rows(df)
+        keep = {(str(v), int(s)) for v, s in zip(ok["variant"], ok["seed"])}
+    rows = []
+    for r in records:
+        if r.get("status") != "ok" or (keep is not None and (r["variant"], int(r.get("seed", -1))) not in keep):
+            continue
+        for e in r.get("eval_history") or []:
+            if e.get("AP") is not None:
+                rows.append(dict(variant=r["variant"], seed=int(r["seed"]), epoch=int(e["epoch"]),
+                                 iter=int(e.get("iter", 0)), AP=float(e["AP"])))
+    return pd.DataFrame(rows, columns=["variant", "seed", "epoch", "iter", "AP"])
+
+
+def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, epoch): ``n`` seeds, ``mean``, ``lo`` and ``hi`` (the seeds' range) of AP."""
+    if curves.empty:
+        return pd.DataFrame(columns=["variant", "epoch", "n", "mean", "lo", "hi"])
+    g = curves.groupby(["variant", "epoch"])["AP"]
+    return pd.DataFrame(dict(n=g.size(), mean=g.mean(), lo=g.min(), hi=g.max())).reset_index()
+
+
+
+def curve_panels(grid: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    """The learning-curve figure's panels: one per paper table (its rows), then one for the grid's
+    variants that belong to no table (the longer schedules) beside the table rows they extend."""
+    panels = {tid: (t["title"].split(":")[0], list(t["rows"])) for tid, t in paper.TABLES.items()}
+    extra = [v for v, spec in (grid.get("variants") or {}).items() if not (spec or {}).get("tables")]
+    if extra:
+        base = [v for v in (grid.get("variants") or {}) if any(v != e and e.startswith(v + "_") for e in extra)]
+        panels["schedule"] = ("Longer schedules", base + extra)
+    return panels
+
+
+def claims_by_epoch(curves: pd.DataFrame, claims: Sequence[dict[str, str]] = paper.CLAIMS,
+                    confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Each claim's :func:`compare` at every epoch both of its variants were evaluated: columns
+    ``claim, epoch, diff, lo, hi, n_better, n_worse, verdict`` (the verdict rule of the final table)."""
+    rows = []
+    for c in claims:
+        a = curves[curves["variant"] == c["better"]]
+        b = curves[curves["variant"] == c["worse"]]
+        for ep in sorted(set(a["epoch"]) & set(b["epoch"])):
+            r = compare(a.loc[a["epoch"] == ep, "AP"].tolist(), b.loc[b["epoch"] == ep, "AP"].tolist(), confidence)
+            rows.append(dict(claim=c["claim"], epoch=int(ep), diff=r["diff"], lo=r["lo"], hi=r["hi"],
+                             n_better=r["n_better"], n_worse=r["n_worse"], verdict=r["verdict"]))
+    return pd.DataFrame(rows, columns=["claim", "epoch", "diff", "lo", "hi", "n_better", "n_worse", "verdict"])
+
+
+def _epochs(x: Sequence[int]) -> str:
+    x = [int(e) for e in x]
+    return ", ".join(map(str, x[:-1])) + f" and {x[-1]}" if len(x) > 1 else str(x[0]) if x else "none"
+
+
+def reversal_sentences(claims: pd.DataFrame, by_epoch: pd.DataFrame) -> list[str]:
+    """For each claim the final table reverses, whether the reversal is there at every epoch
+    evaluated or only from some epoch on (the point difference below 0, and the interval below 0)."""
+    out = []
+    for _, c in claims[claims["verdict"] == "reversed"].iterrows() if len(claims) else []:
+        e = by_epoch[by_epoch["claim"] == c["claim"]].sort_values("epoch")
+        if e.empty:
+            out.append(f"* {c['claim']}: reversed at the end; no per-epoch evaluations to say since when.")
+            continue
+        neg, rev = e.loc[e["diff"] < 0, "epoch"].tolist(), e.loc[e["verdict"] == "reversed", "epoch"].tolist()
+        eps = e["epoch"].tolist()
+        if neg == eps:
+            when = f"below 0 at every epoch evaluated ({_epochs(eps)})"
+        else:
+            pos = [x for x in eps if x not in neg]
+            when = (f"below 0 at epochs {_epochs(neg)}, and in the paper's direction (or 0) at {_epochs(pos)}: "
+                    + ("a reversal that appears late" if pos and max(pos) < min(neg) else "it changes sign"))
+        out.append(f"* {c['claim']}: the difference is {when}; its {CONFIDENCE:.0%} interval lies below 0 at "
+                   f"epoch{'s' if len(rev) != 1 else ''} {_epochs(rev)}.")
+    return out
+
+
+def flipped_claims(by_epoch: pd.DataFrame, early: int, late: int) -> pd.DataFrame:
+    """The claims whose verdict at epoch ``early`` differs from that at ``late`` (columns
+    ``claim, early, late``): what a shorter schedule would have concluded wrongly."""
+    if by_epoch.empty:
+        return pd.DataFrame(columns=["claim", "early", "late"])
+    p = by_epoch.pivot_table(index="claim", columns="epoch", values="verdict", aggfunc="first")
+    if early not in p or late not in p:
+        return pd.DataFrame(columns=["claim", "early", "late"])
+    p = p[[early, late]].dropna()
+    p = p[p[early] != p[late]]
+    return pd.DataFrame(dict(claim=p.index, early=p[early].to_numpy(), late=p[late].to_numpy()))
+
+
+# ------------------------------------------------------------------ Fig. 2, over seeds
+def fig2_compare(bg: pd.DataFrame, joint: str, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per separate-branch variant of :func:`background_table` ``bg``: the fraction of background
+    anchors above the positive-like median (in %), separate minus ``joint``, as :func:`compare` over
+    seeds (the paper's Fig. 2 says it is larger with a separate branch: ``verdict`` ``holds``)."""
+    rows = []
+    j = bg.loc[bg["variant"] == joint, "bg_outrank_frac"].dropna() * 100 if len(bg) else pd.Series(dtype=float)
+    for v, g in bg[bg["separate"]].groupby("variant", sort=True) if len(bg) else []:
+        r = compare((g["bg_outrank_frac"].dropna() * 100).tolist(), j.tolist(), confidence)
+        rows.append(dict(variant=v, joint=joint, separate_pct=float(g["bg_outrank_frac"].mean() * 100),
+                         joint_pct=float(j.mean()) if len(j) else math.nan, **r))
+    cols = ["variant", "joint", "separate_pct", "joint_pct", "diff", "se", "dof", "lo", "hi", "p", "n_better",
+            "n_worse", "verdict"]
+    return pd.DataFrame(rows, columns=cols)
+
+
 # ------------------------------------------------------------------ what we learned, from the numbers
 def _pct(x: Optional[float]) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.2f}%"
@@ -269,10 +458,18 @@ def _pct(x: Optional[float]) -> str:
 def _diff(r: pd.Series) -> str:
     if not np.isfinite(r["diff"]):
         return "no runs to compare"
-    se = f" ± {r['se']:.2f}" if np.isfinite(r["se"]) else ""
+    ci = f" [{r['lo']:+.2f}, {r['hi']:+.2f}]" if np.isfinite(r["lo"]) else ""
     pd_ = r["paper_diff"]
     theirs = "" if pd_ is None or not np.isfinite(pd_) else f", {pd_:+.1f} in the paper"
-    return f"{r['diff']:+.2f}{se} AP here{theirs}"
+    return f"{r['diff']:+.2f}{ci} AP here{theirs}"
+
+
+def _need(r: pd.Series) -> str:
+    if r["why"] != "within the seed spread":
+        return ""
+    n = r.get("seeds_needed")
+    return (f"; more than {MAX_SEEDS} seeds a side at this spread" if n is None or not np.isfinite(n)
+            else f"; about {int(n)} seeds a side at this spread")
 
 
 DEGENERATE_AP = 1.0  # AP (%) below which a successful run counts as having trained to nothing
@@ -288,14 +485,25 @@ def degenerate_runs(ok: pd.DataFrame, below: float = DEGENERATE_AP) -> pd.DataFr
 
 
 def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[str, Any]],
-            labels: dict[str, str], ok: Optional[pd.DataFrame] = None) -> list[str]:
+            labels: dict[str, str], ok: Optional[pd.DataFrame] = None,
+            records: Optional[Sequence[dict[str, Any]]] = None,
+            by_epoch: Optional[pd.DataFrame] = None) -> list[str]:
     """Markdown bullets stating the verdicts, the Fig. 2 comparison and the run size, all from the
-    numbers; with ``ok`` (the successful runs), also the runs that trained to nothing."""
+    numbers; with ``ok`` (the successful runs), also the runs that trained to nothing; with
+    ``records``, Fig. 2's difference with its interval over seeds; with ``by_epoch``
+    (:func:`claims_by_epoch`), since when each reversed claim is reversed."""
     counts = verdict_counts(claims)
     h, r, u = counts["holds"], counts["reversed"], counts["not_resolved"]
     lines = [f"* Of the paper's {len(claims)} claims, {h} hold{'s' if h == 1 else ''}, {r} "
              f"{'is' if r == 1 else 'are'} reversed and {u} {'is' if u == 1 else 'are'} not resolved by this "
              f"sweep (rule: {RULE})."]
+    if len(claims) and "holm_verdict" in claims:
+        hc = verdict_counts(claims, "holm_verdict")
+        tested = int(np.isfinite(claims["p"]).sum())
+        lines.append(f"* {tested} claim{'s have' if tested != 1 else ' has'} at least two seeds a side. If none of them had a "
+                     f"real difference, chance alone would still give about {chance_verdicts(claims):.1f} verdicts "
+                     f"at {CONFIDENCE:.0%} each; with Holm's correction over them (any false verdict at most "
+                     f"{1 - CONFIDENCE:.0%} likely) {hc['holds']} hold and {hc['reversed']} are reversed.")
     bad = degenerate_runs(ok) if ok is not None else None
     if bad is not None and len(bad):
         runs = ", ".join(f"{v} seed{'s' if len(g) > 1 else ''} {', '.join(str(int(x)) for x in g['seed'])}"
@@ -309,32 +517,50 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
         sel = claims[claims["verdict"] == verdict] if not claims.empty else claims
         if len(sel):
             lines.append(f"* {head}: " + "; ".join(f"{r['claim']} ({_diff(r)})" for _, r in sel.iterrows()) + ".")
+    if by_epoch is not None and len(claims):
+        rev = reversal_sentences(claims, by_epoch)
+        if rev:
+            lines.append("* Since when each reversal is there (validation AP every few epochs):\n"
+                         + "\n".join("  " + s for s in rev))
+        eps = sorted(set(by_epoch["epoch"]))
+        if len(eps) >= 2:
+            half, last = min(eps, key=lambda e: abs(e - eps[-1] / 2)), eps[-1]
+            fl = flipped_claims(by_epoch, half, last)
+            lines.append(f"* Stopped at epoch {half} instead of {last}, {len(fl)} of the verdicts would differ"
+                         + (": " + "; ".join(f"{r['claim']} ({r['early']} then, {r['late']} at {last})"
+                                             for _, r in fl.iterrows()) if len(fl) else "") + ".")
     sel = claims[claims["verdict"] == "not resolved"] if not claims.empty else claims
     for why in ("within the seed spread", "fewer than 2 seeds", "not run"):
         part = sel[sel["why"] == why] if len(sel) else sel
         if len(part):
             lines.append(f"* Not resolved ({why}): " + "; ".join(
-                r["claim"] + ("" if why == "not run" else f" ({_diff(r)})") for _, r in part.iterrows()) + ".")
+                r["claim"] + ("" if why == "not run" else f" ({_diff(r)}{_need(r)})") for _, r in part.iterrows())
+                + ".")
     joint_name = next((v for v in FIG2_JOINT if v in pooled), FIG2_JOINT[0])
-    joint = pooled.get(joint_name)
+    fig2 = fig2_compare(background_table(records), joint_name) if records is not None else None
+    jl = labels.get(joint_name, joint_name)
     for v, p in pooled.items():
         if not p["separate"]:
             continue
-        if joint is None or p["bg_outrank_frac"] is None or joint["bg_outrank_frac"] is None:
+        row = fig2[fig2["variant"] == v] if fig2 is not None else None
+        if joint_name not in pooled or row is None or row.empty or not np.isfinite(row.iloc[0]["diff"]):
             lines.append(f"* Fig. 2: {labels.get(v, v)} has its background summary, but the joint score "
-                         f"({labels.get(joint_name, joint_name)}) has none to compare with.")
+                         f"({jl}) has none to compare with.")
             continue
-        a, b = p["bg_outrank_frac"], joint["bg_outrank_frac"]
-        rel = "more" if a > b else "fewer" if a < b else "as many"
-        agree = "as the paper's Fig. 2 argues" if a > b else "unlike what the paper's Fig. 2 argues"
+        r = row.iloc[0]
+        ci = (f", {CONFIDENCE:.0%} interval [{r['lo']:+.2f}, {r['hi']:+.2f}] points over "
+              f"{r['n_better']} and {r['n_worse']} seeds" if np.isfinite(r["lo"]) else
+              f" (one seed on a side: no interval)")
+        verdict = {"holds": "more with the separate branch, as the paper's Fig. 2 argues",
+                   "reversed": "fewer with the separate branch, unlike what the paper's Fig. 2 argues",
+                   "not resolved": "not resolved at this confidence"}[r["verdict"]]
         extra = ""
         if p["bg_lowcls_highq_frac"] is not None:
             extra = (f"; {_pct(p['bg_lowcls_highq_frac'])} of its background anchors have a class score below "
                      "0.1 but a quality above 0.5, the paper's examples")
-        lines.append(f"* Fig. 2: with the {labels.get(v, v)}, {_pct(a)} of background anchors score above the "
-                     f"median positive-like anchor (mean over {p['seeds']} seed(s)), against {_pct(b)} for the "
-                     f"joint score, {labels.get(joint_name, joint_name)} (over {joint['seeds']}): {rel} with the "
-                     f"separate branch, {agree}{extra}.")
+        lines.append(f"* Fig. 2: with the {labels.get(v, v)}, {r['separate_pct']:.2f}% of background anchors score "
+                     f"above the median positive-like anchor, against {r['joint_pct']:.2f}% for the joint score "
+                     f"({jl}): {r['diff']:+.2f} points{ci}; {verdict}{extra}.")
     its = info["iterations"]
     it_txt = ("an unknown number of" if not its else str(its[0]) if len(its) == 1 else f"{its[0]}-{its[-1]}")
     size = []

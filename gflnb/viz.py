@@ -351,15 +351,16 @@ def plot_ablation_ap(ok: pd.DataFrame, variants: Sequence[str], labels: dict[str
     return fig
 
 
-def plot_claims(claims: pd.DataFrame, k: float = 2.0):
-    """Each claim's AP difference (better - worse) here with ``k`` standard errors, beside the paper's."""
+def plot_claims(claims: pd.DataFrame, confidence: float = 0.95):
+    """Each claim's AP difference (better - worse) here with its ``confidence`` interval (columns
+    ``lo``, ``hi`` of ``gflnb.ablation.claim_table``), beside the paper's."""
     fig, ax = plt.subplots(figsize=(12, 0.45 * len(claims) + 1.6))
     y = np.arange(len(claims))
     for i, r in enumerate(claims.itertuples()):
         color = VERDICT_COLORS[r.verdict]
         if np.isfinite(r.diff):
-            ax.errorbar(r.diff, i, xerr=k * r.se if np.isfinite(r.se) else None, fmt="o", color=color, capsize=4,
-                        ms=7)
+            err = [[r.diff - r.lo], [r.hi - r.diff]] if np.isfinite(r.lo) else None
+            ax.errorbar(r.diff, i, xerr=err, fmt="o", color=color, capsize=4, ms=7)
         if r.paper_diff is not None and np.isfinite(r.paper_diff):
             ax.scatter(r.paper_diff, i, marker="x", color="k", s=40, zorder=3)
     ax.axvline(0, color="k", lw=0.8)
@@ -368,7 +369,7 @@ def plot_claims(claims: pd.DataFrame, k: float = 2.0):
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f"here: {v}") for v, c in VERDICT_COLORS.items()]
     handles.append(plt.Line2D([], [], marker="x", ls="", color="k", label="the paper (COCO)"))
     ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.set(xlabel=f"AP difference, better - worse (%); error bars: {k:g} standard errors",
+    ax.set(xlabel=f"AP difference, better - worse (%); error bars: {confidence:.0%} interval (Welch-Satterthwaite t)",
            title="the paper's claims: > 0 is the paper's direction")
     fig.tight_layout()
     return fig
@@ -413,5 +414,34 @@ def plot_background(pooled: dict[str, dict], labels: dict[str, str], bg_iou: flo
                title=f"background anchors (IoU < {bg_iou})\nclass < 0.1, quality > 0.5 (box): "
                      f"{100 * (p['bg_lowcls_highq_frac'] or 0):.2f}%")
         fig.colorbar(im, ax=ax, label="anchors")
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(stats: pd.DataFrame, panels: dict[str, tuple[str, Sequence[str]]],
+                         labels: dict[str, str], cols: int = 4):
+    """AP against epoch, one panel per ``panels`` entry (key -> (title, variants)): per variant the
+    mean over seeds (line) and the seeds' range (band), from :func:`gflnb.ablation.curve_stats`."""
+    keys = [k for k, (_, vs) in panels.items() if stats["variant"].isin(vs).any()]
+    if not keys:
+        return None
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, min(cols, len(keys)), figsize=(4.3 * min(cols, len(keys)), 3.6 * rows),
+                             squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        title, variants = panels[k]
+        for i, v in enumerate(variants):  # colour by the table's row, so a row keeps it while others are missing
+            s = stats[stats["variant"] == v].sort_values("epoch")
+            if s.empty:
+                continue
+            color = PALETTE[i % len(PALETTE)]
+            n = int(s["n"].max())
+            ax.plot(s["epoch"], s["mean"], "o-", ms=3, color=color, label=f"{labels.get(v, v)} (n={n})")
+            ax.fill_between(s["epoch"], s["lo"], s["hi"], color=color, alpha=0.18, lw=0)
+        ax.set(title=title, xlabel="epoch", ylabel="validation AP (%)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_axis_off()
     fig.tight_layout()
     return fig

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,20 +23,49 @@ SUMMARY_KEYS = {"quality", "separate", "images", "anchors", "background", "posit
 
 # ----------------------------------------------------------------- the verdict rule
 def test_compare_by_hand():
-    # means 55.7 and 53.5; sample variances 0.18 and 0.32, so SE = sqrt(0.09 + 0.16) = 0.5: 2.2 > 1.0
+    from scipy import stats
+    # means 55.7 and 53.5; sample variances 0.18 and 0.32, so SE = sqrt(0.09 + 0.16) = 0.5 and the
+    # Welch-Satterthwaite dof = 0.25^2 / (0.09^2/1 + 0.16^2/1) = 0.0625 / 0.0337 = 1.8546
     r = ablation.compare([55.4, 56.0], [53.1, 53.9])
     assert r["diff"] == pytest.approx(2.2) and r["se"] == pytest.approx(0.5)
-    assert (r["n_better"], r["n_worse"], r["verdict"]) == (2, 2, "holds")
-    assert ablation.compare([53.1, 53.9], [55.4, 56.0])["verdict"] == "reversed"
-    # 0.8 apart with SE 0.5: within 2 SE
-    assert ablation.compare([54.0, 54.6], [53.1, 53.9])["verdict"] == "not resolved"
-    assert ablation.compare([54.0, 54.6], [53.1, 53.9], k=1.0)["verdict"] == "holds"
+    assert r["dof"] == pytest.approx(0.0625 / 0.0337)
+    half = stats.t.ppf(0.975, 0.0625 / 0.0337) * 0.5  # about 2.35: two seeds a side do not resolve 2.2 AP
+    assert (r["lo"], r["hi"]) == (pytest.approx(2.2 - half), pytest.approx(2.2 + half)) and half > 2.2
+    assert (r["n_better"], r["n_worse"], r["verdict"]) == (2, 2, "not resolved")
+    assert r["p"] == pytest.approx(2 * stats.t.sf(2.2 / 0.5, 0.0625 / 0.0337)) and r["p"] > 0.05
+    assert ablation.compare([55.4, 56.0], [53.1, 53.9], confidence=0.80)["verdict"] == "holds"
+    # three seeds a side: variances 0.09 and 0.16, SE^2 = 0.03 + 0.16/3, dof = SE^4 / (0.03^2/2 + (0.16/3)^2/2)
+    r3 = ablation.compare([55.4, 56.0, 55.7], [53.1, 53.9, 53.5])
+    se2 = 0.03 + 0.16 / 3
+    dof = se2 ** 2 / (0.03 ** 2 / 2 + (0.16 / 3) ** 2 / 2)
+    assert r3["dof"] == pytest.approx(dof) and r3["lo"] == pytest.approx(2.2 - stats.t.ppf(0.975, dof) * se2 ** 0.5)
+    assert r3["verdict"] == "holds"
+    assert ablation.compare([53.1, 53.9, 53.5], [55.4, 56.0, 55.7])["verdict"] == "reversed"
     one = ablation.compare([60.0], [50.0, 50.2])  # one seed: no spread, no verdict
     assert one["diff"] == pytest.approx(9.9) and math.isnan(one["se"]) and one["verdict"] == "not resolved"
     none = ablation.compare([], [50.0, 50.2])
     assert math.isnan(none["diff"]) and none["n_better"] == 0 and none["verdict"] == "not resolved"
     assert ablation.compare([55.4, float("nan"), 56.0], [53.1, 53.9])["n_better"] == 2  # NaN = a failed seed
     assert ablation.compare([1.0, 1.0], [0.0, 0.0])["verdict"] == "holds"  # SE 0: any difference counts
+
+
+def test_seeds_needed_and_holm_by_hand():
+    from scipy import stats
+    # variances 0.18 and 0.32 taken as true: with n a side, SE^2 = 0.5/n and dof = (0.5/n)^2 / ((0.18^2 + 0.32^2)/n^2/(n-1))
+    def resolves(n):
+        se2, dof = 0.5 / n, (0.5 / n) ** 2 / ((0.18 ** 2 + 0.32 ** 2) / n ** 2 / (n - 1))
+        return stats.t.ppf(0.975, dof) * se2 ** 0.5 < 2.2
+    want = next(n for n in range(2, 101) if resolves(n))
+    assert ablation.seeds_needed([55.4, 56.0], [53.1, 53.9]) == want == 3
+    assert ablation.seeds_needed([55.4, 56.0], [55.3, 56.1]) is None  # 0 apart: never
+    assert ablation.seeds_needed([55.4], [53.1, 53.9]) is None
+    # Holm at 5% over 3 tests: sorted 0.01 <= 0.05/3, 0.02 <= 0.05/2, then 0.04 <= 0.05: all three;
+    # 0.01, 0.03, 0.04: the second fails 0.025, so it and every larger p stop
+    assert ablation.holm([0.04, 0.01, 0.02]) == [True, True, True]
+    assert ablation.holm([0.01, 0.03, 0.04]) == [True, False, False]
+    # a NaN is no test: 2 tests, 0.01 <= 0.05/2 and then 0.03 <= 0.05/1 (over 3 tests 0.03 would need 0.025)
+    assert ablation.holm([0.01, float("nan"), 0.03]) == [True, False, True]
+    assert ablation.holm([0.01, 0.99, 0.03]) == [True, False, False]
 
 
 def _write_csv(path, rows):
@@ -86,19 +116,38 @@ def test_one_seed_and_failed_rows(tmp_path):
 
 
 def test_conclusions_follow_the_numbers(tmp_path):
+    from scipy import stats
     texts = {}
-    cases = dict(joint_better=((55.4, 56.0), (53.1, 53.9)), iou_better=((53.1, 53.9), (55.4, 56.0)))
+    cases = dict(joint_better=((55.4, 56.0, 55.7), (53.1, 53.9, 53.5)),
+                 iou_better=((53.1, 53.9, 53.5), (55.4, 56.0, 55.7)))
     for name, (a, b) in cases.items():
-        _write_csv(tmp_path / f"{name}.csv", [_ok("qfl_dirac", 0, a[0]), _ok("qfl_dirac", 1, a[1]),
-                                              _ok("iou", 0, b[0]), _ok("iou", 1, b[1])])
+        _write_csv(tmp_path / f"{name}.csv", [_ok("qfl_dirac", i, a[i]) for i in range(3)]
+                   + [_ok("iou", i, b[i]) for i in range(3)])
         df = ablation.read_results(tmp_path / f"{name}.csv")
         claims = ablation.claim_table(df)
         texts[name] = "\n".join(ablation.learned(claims, ablation.run_info(df, {}), {}, {}))
-    held = "* Held: joint beats a separate IoU branch (+2.20 ± 0.50 AP here, +0.3 in the paper)"
+    se2 = 0.03 + 0.16 / 3  # variances 0.09 and 0.16 over 3 seeds
+    half = stats.t.ppf(0.975, se2 ** 2 / (0.03 ** 2 / 2 + (0.16 / 3) ** 2 / 2)) * se2 ** 0.5
+    held = f"* Held: joint beats a separate IoU branch (+2.20 [{2.2 - half:+.2f}, {2.2 + half:+.2f}] AP here, +0.3 in the paper)"
     assert held in texts["joint_better"]
     assert "Reversed" not in texts["joint_better"]
-    assert "* Reversed: joint beats a separate IoU branch (-2.20 ± 0.50 AP here" in texts["iou_better"]
+    assert f"* Reversed: joint beats a separate IoU branch (-2.20 [{-2.2 - half:+.2f}, {-2.2 + half:+.2f}] AP here" \
+        in texts["iou_better"]
     assert "1 holds, 0 are reversed" in texts["joint_better"] and "0 hold, 1 is reversed" in texts["iou_better"]
+    # one testable claim: chance alone 0.05 verdicts; Holm over one test is the test itself
+    assert "chance alone would still give about 0.1 verdicts" in texts["joint_better"]
+    assert "Holm's correction over them (any false verdict at most 5% likely) 1 hold and 0 are reversed" \
+        in texts["joint_better"]
+
+
+def test_unresolved_claims_say_how_many_seeds_their_spread_needs(tmp_path):
+    _write_csv(tmp_path / "r.csv", [_ok("qfl_dirac", 0, 55.4), _ok("qfl_dirac", 1, 56.0),
+                                    _ok("iou", 0, 53.1), _ok("iou", 1, 53.9)])
+    claims = ablation.claim_table(ablation.read_results(tmp_path / "r.csv"))
+    row = claims.set_index("claim").loc["joint beats a separate IoU branch"]
+    assert row["verdict"] == "not resolved" and row["why"] == "within the seed spread" and row["seeds_needed"] == 3
+    text = "\n".join(ablation.learned(claims, {"iterations": [], "ok": 4, "failed": 0, "seeds": [0, 1]}, {}, {}))
+    assert "joint beats a separate IoU branch (+2.20 [" in text and "; about 3 seeds a side at this spread)" in text
 
 
 def test_runs_that_trained_to_nothing_are_named_with_the_claims_they_touch(tmp_path):
@@ -113,6 +162,58 @@ def test_runs_that_trained_to_nothing_are_named_with_the_claims_they_touch(tmp_p
     healthy = "\n".join(ablation.learned(ablation.claim_table(df), ablation.run_info(df, {}), {}, {},
                                           ok[ok["AP"] > 1]))
     assert "trained to nothing" not in healthy
+
+
+def _record(variant, seed, aps, epochs=(2, 4, 6), status="ok", background=None):
+    rec = dict(variant=variant, seed=seed, status=status,
+               eval_history=[dict(epoch=e, iter=125 * e, AP=a) for e, a in zip(epochs, aps)])
+    if background is not None:
+        rec["background"] = background
+    return rec
+
+
+def test_learning_curves_and_since_when_a_claim_is_reversed():
+    # "beta = 2 beats beta = 1" (qfl_dirac vs beta1): beta = 2 leads at epoch 2, trails from epoch 4 on,
+    # and with seeds 0.2 AP apart the interval is below 0 at epochs 4 and 6 only
+    recs = [_record("qfl_dirac", s, [10 + d, 14 + d, 18 + d]) for s, d in enumerate((0.0, 0.2, 0.1))]
+    recs += [_record("beta1", s, [8 + d, 16 + d, 20 + d]) for s, d in enumerate((0.0, 0.2, 0.1))]
+    recs.append(_record("beta1", 3, [0.0, 0.0, 0.0], status="failed"))  # a failed run draws no curve
+    curves = ablation.learning_curves(recs)
+    assert len(curves) == 18 and set(curves["seed"]) == {0, 1, 2}
+    st = ablation.curve_stats(curves)
+    row = st[(st["variant"] == "beta1") & (st["epoch"] == 4)].iloc[0]
+    assert (row["n"], row["mean"], row["lo"], row["hi"]) == (3, pytest.approx(16.1), 16.0, 16.2)
+    claims = [c for c in paper.CLAIMS if (c["better"], c["worse"]) == ("qfl_dirac", "beta1")]
+    by = ablation.claims_by_epoch(curves, claims)
+    assert by["epoch"].tolist() == [2, 4, 6]
+    assert by["diff"].tolist() == pytest.approx([2.0, -2.0, -2.0])
+    assert by["verdict"].tolist() == ["holds", "reversed", "reversed"]
+    final = pd.DataFrame([dict(claim=claims[0]["claim"], verdict="reversed")])
+    [s] = ablation.reversal_sentences(final, by)
+    assert "below 0 at epochs 4 and 6" in s and "paper's direction (or 0) at 2" in s and "appears late" in s
+    assert "interval lies below 0 at epochs 4 and 6" in s
+    fl = ablation.flipped_claims(by, 2, 6)
+    assert fl.to_dict("records") == [dict(claim=claims[0]["claim"], early="holds", late="reversed")]
+    # the table's ok rows filter the records: without beta1 in it, no claim has both sides
+    df = pd.DataFrame(dict(variant=["qfl_dirac"] * 3, seed=[0, 1, 2], status=["ok"] * 3, AP=[18.0, 18.2, 18.1]))
+    assert set(ablation.learning_curves(recs, df)["variant"]) == {"qfl_dirac"}
+
+
+def test_fig2_difference_has_an_interval_over_seeds():
+    def bg(frac, separate):
+        return dict(quality="iou" if separate else "qfl", separate=separate, bg_outrank_frac=frac)
+    recs = [_record("iou", s, [1.0], background=bg(f, True)) for s, f in enumerate((0.010, 0.012, 0.011))]
+    recs += [_record("qfl_dirac", s, [1.0], background=bg(f, False)) for s, f in enumerate((0.005, 0.006, 0.007))]
+    table = ablation.fig2_compare(ablation.background_table(recs), "qfl_dirac")
+    [r] = table.to_dict("records")
+    # in points: 1.0, 1.2, 1.1 against 0.5, 0.6, 0.7 -> +0.5, both sample variances 0.01
+    assert r["variant"] == "iou" and r["diff"] == pytest.approx(0.5) and r["se"] == pytest.approx((0.02 / 3) ** 0.5)
+    assert r["lo"] > 0 and r["verdict"] == "holds" and (r["n_better"], r["n_worse"]) == (3, 3)
+    pooled = ablation.pool_background(recs)
+    lines = ablation.learned(pd.DataFrame(columns=["claim", "verdict", "why", "p"]),
+                             dict(iterations=[], ok=6, failed=0, seeds=[0, 1, 2]), pooled, {}, records=recs)
+    [fig2] = [x for x in lines if x.startswith("* Fig. 2")]
+    assert "+0.50 points, 95% interval [+" in fig2 and "as the paper's Fig. 2 argues" in fig2
 
 
 def test_paper_numbers_and_claims():
