@@ -71,6 +71,9 @@ class GFLConfig:
     focal_gamma: float = 2.0
     dgqp_topk: int = 4  # GFLv2: top-k bin probabilities per side (+ their mean) feed the DGQP
     dgqp_channels: int = 64
+    # GFLv2: True keeps the DGQP's parameters in the graph of the box-loss weights (gflnb before issue
+    # 18, which collapses: the box losses then push the quality to 0); GFocalV2 detaches them (False)
+    dgqp_weight_grad: bool = False
 
     # ---- test
     score_thr: float = 0.05
@@ -234,6 +237,8 @@ def validate(cfg: GFLConfig) -> GFLConfig:
         bad(f"bin_interval must be > 0, got {cfg.bin_interval}")
     if cfg.bin_interval != 1 and cfg.box not in BINNED_BOXES:
         bad(f"bin_interval is the width of a distribution's bins; box {cfg.box!r} has none")
+    if cfg.dgqp_weight_grad and cfg.quality != "dgqp":
+        bad(f"dgqp_weight_grad is an option of quality 'dgqp', not {cfg.quality!r}")
     if cfg.quality == "dgqp" and not 1 <= cfg.dgqp_topk <= cfg.reg_max + 1:
         bad(f"dgqp_topk must be in [1, reg_max+1={cfg.reg_max + 1}], got {cfg.dgqp_topk}")
     if cfg.qfl_beta < 0 or cfg.focal_gamma < 0 or not 0 <= cfg.focal_alpha <= 1:

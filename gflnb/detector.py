@@ -55,7 +55,7 @@ class GFL(nn.Module):
                                  quality=cfg.quality, box=cfg.box, loss_quality_weight=cfg.loss_quality_weight,
                                  focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
                                  dgqp_topk=cfg.dgqp_topk, dgqp_channels=cfg.dgqp_channels,
-                                 bin_interval=cfg.bin_interval)
+                                 bin_interval=cfg.bin_interval, dgqp_weight_grad=cfg.dgqp_weight_grad)
         # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs
         # are faster on CPU (see cfg.channels_last).
         self._nhwc = False

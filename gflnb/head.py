@@ -85,7 +85,8 @@ class GFLHead(nn.Module):
                  octave_base_scale: int = 8, topk: int = 9, qfl_beta: float = 2.0, loss_cls_weight: float = 1.0,
                  loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25, *, quality: str = "qfl",
                  box: str = "dfl", loss_quality_weight: float = 1.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, dgqp_topk: int = 4, dgqp_channels: int = 64, bin_interval: float = 1.0):
+                 focal_gamma: float = 2.0, dgqp_topk: int = 4, dgqp_channels: int = 64, bin_interval: float = 1.0,
+                 dgqp_weight_grad: bool = False):
         super().__init__()
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
         self.octave_base_scale, self.topk, self.qfl_beta = octave_base_scale, topk, qfl_beta
@@ -109,7 +110,8 @@ class GFLHead(nn.Module):
         self.quality = build_quality(quality, feat_channels=feat_channels, reg_max=reg_max,
                                      loss_cls_weight=loss_cls_weight, qfl_beta=qfl_beta, focal_alpha=focal_alpha,
                                      focal_gamma=focal_gamma, loss_quality_weight=loss_quality_weight,
-                                     dgqp_topk=dgqp_topk, dgqp_channels=dgqp_channels)
+                                     dgqp_topk=dgqp_topk, dgqp_channels=dgqp_channels,
+                                     dgqp_weight_grad=dgqp_weight_grad)
         self.box_channels = self.box_coder.channels
         self.reg_channels = self.box_channels + self.quality.extra_channels  # per anchor in bbox_preds
         self.reset_parameters()

@@ -10,7 +10,8 @@ detection score, what trains it, and how much each positive weighs in the box lo
   class score alone at test time; box-loss weight as the separate branch of the same quality.
 * ``qfl``: QFL on the joint class-IoU logit (GFL, the default); weight max_c sigmoid(cls).
 * ``dgqp``: QFL on the product sigmoid(cls) x DGQP(box distribution) (GFLv2), computed from its
-  log; weight max_c of that joint score.
+  log; weight max_c of that joint score, detached from the DGQP's parameters too (GFocalV2's
+  ``cls_score.detach()``; ``dgqp_weight_grad=True`` keeps them in the graph, gflnb's collapse).
 
 Every box-loss weight is detached and the head normalises by ``max(sum of weights, 1)``, which
 for a weight of 1 is the number of positives. The classification normaliser is the head's (GFL's
@@ -289,14 +290,22 @@ class DGQPQuality(Quality):
     is below about 1e-12.
     The distribution is not detached, so the quality loss also shapes it (as in GFocalV2).
     ``reg_conf`` keeps GFocalV2's layout: keys ``quality.reg_conf.{0,2}.{weight,bias}``.
+
+    ``weight_grad``: whether the box-loss weights (the positives' joint scores) keep the DGQP's
+    parameters in the graph. GFocalV2 detaches the whole joint score (False, the default). With
+    True (gflnb before issue 18) the GIoU and DFL sums, divided by the weights' detached sum, are
+    lowered by lowering every weight, so they push the quality logit down with a force of about
+    ``loss_bbox + loss_dfl`` per step, ~1,800x QFL's pull at the first iteration of the demo:
+    the quality, and with it every joint score, goes to 0 (experiments/dgqp/README.md).
     """
 
     name = "dgqp"
 
     def __init__(self, reg_max: int, topk: int = 4, channels: int = 64, loss_cls_weight: float = 1.0,
-                 beta: float = 2.0):
+                 beta: float = 2.0, weight_grad: bool = False):
         super().__init__()
         self.reg_max, self.topk, self.loss_cls_weight, self.beta = reg_max, topk, loss_cls_weight, beta
+        self.weight_grad = weight_grad
         self.reg_conf = nn.Sequential(nn.Conv2d(4 * (topk + 1), channels, 1), nn.ReLU(inplace=True),
                                       nn.Conv2d(channels, 1, 1), nn.Sigmoid())
 
@@ -327,7 +336,9 @@ class DGQPQuality(Quality):
         return best, q, best * q
 
     def box_weight(self, pos: Positives) -> Tensor:
-        return self.joint(pos.cls.detach(), pos.reg.detach()).max(dim=1)[0]
+        if self.weight_grad:  # detached inputs, but the DGQP's parameters stay in the graph
+            return self.joint(pos.cls.detach(), pos.reg.detach()).max(dim=1)[0]
+        return self.joint(pos.cls.detach(), pos.reg.detach()).max(dim=1)[0].detach()  # GFocalV2's
 
     def box_norm(self, weight_sum: float) -> float:
         # GFocalV2 divides by the weights' sum itself. mmdetection's max(sum, 1) does not work here:
@@ -355,7 +366,8 @@ assert tuple(sorted(_QUALITIES)) == tuple(sorted(QUALITIES)), "config.QUALITIES 
 
 def build_quality(quality: str, *, feat_channels: int, reg_max: int, loss_cls_weight: float = 1.0,
                   qfl_beta: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                  loss_quality_weight: float = 1.0, dgqp_topk: int = 4, dgqp_channels: int = 64) -> Quality:
+                  loss_quality_weight: float = 1.0, dgqp_topk: int = 4, dgqp_channels: int = 64,
+                  dgqp_weight_grad: bool = False) -> Quality:
     """The component named by the config's ``quality`` field."""
     if quality == "qfl":
         return QFLQuality(loss_cls_weight, qfl_beta)
@@ -366,5 +378,5 @@ def build_quality(quality: str, *, feat_channels: int, reg_max: int, loss_cls_we
     if quality == "dgqp":
         if dgqp_topk > reg_max + 1:
             raise ConfigError(f"quality 'dgqp' takes the top {dgqp_topk} of reg_max+1={reg_max + 1} bins")
-        return DGQPQuality(reg_max, dgqp_topk, dgqp_channels, loss_cls_weight, qfl_beta)
+        return DGQPQuality(reg_max, dgqp_topk, dgqp_channels, loss_cls_weight, qfl_beta, dgqp_weight_grad)
     raise ConfigError(f"quality must be one of {', '.join(map(repr, QUALITIES))}, got {quality!r}")
