@@ -30,7 +30,11 @@ def integral(logits: Tensor, reg_max: int = 16) -> Tensor:
     lead = logits.shape[:-1]
     prob = logits.reshape(-1, bins).softmax(dim=1)  # [N*4, R+1]
     project = torch.linspace(0, reg_max, bins, dtype=prob.dtype, device=prob.device)
-    return (prob @ project).reshape(*lead, 4)
+    # A product and a sum, not ``prob @ project``: on CPU a matrix-vector product goes to MKL's SGEMV,
+    # which picks its code path by CPU vendor (MKL_CBWR cannot pin it on non-Intel CPUs), and was the
+    # one term that differed between AMD and Intel at the first training step. ATen's own reduction
+    # runs the capped AVX2 kernel everywhere (gflnb/portable.py).
+    return (prob * project).sum(dim=1).reshape(*lead, 4)
 
 
 # --------------------------------------------------------------------------- anchors

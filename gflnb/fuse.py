@@ -22,6 +22,28 @@ from .detector import GFL
 _PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
 
+class OneDNNConv2d(nn.Conv2d):
+    """A Conv2d that runs oneDNN's convolution on CPU fp32 at every size.
+
+    For one image and a small map, ATen's heuristic runs a convolution as im2col and MKL's SGEMM,
+    and MKL picks its code path by CPU vendor, which ``MKL_CBWR`` cannot pin on non-Intel CPUs
+    (gflnb/portable.py). oneDNN's kernels are capped at AVX2 on every machine. Elsewhere (CUDA,
+    other dtypes) it is the plain Conv2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or isinstance(self.padding, str):
+            return super().forward(x)
+        return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
+                                                 list(self.dilation), self.groups)
+
+
+def _onednn_convs(model: nn.Module) -> None:
+    for m in model.modules():
+        if type(m) is nn.Conv2d and m.padding_mode == "zeros":
+            m.__class__ = OneDNNConv2d  # same parameters and buffers, another forward
+
+
 def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
     conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
     if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):  # DCN convs are left as they are
@@ -62,5 +84,6 @@ def inference_model(model: GFL, device: Optional[torch.device | str] = None) -> 
     fused = fuse_for_inference(model)
     if dev.type == "cpu":
         fused.use_channels_last()
+        _onednn_convs(fused)
     fused.requires_grad_(False)  # no autograd graph even when a caller forgets torch.no_grad()
     return fused.to(dev)

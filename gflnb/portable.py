@@ -13,6 +13,13 @@ torchrun workers, DataLoader workers) inherit them. A variable the user set is l
 OpenCV, which decodes and resizes the images, is not pinned: its AVX-512 and AVX2 paths gave
 byte-identical synthetic images and training batches.
 
+MKL is kept out of the numbers altogether. It picks its code path by CPU vendor, and its
+reproducibility switch (``MKL_CBWR``) does not apply on non-Intel CPUs, so the same SGEMV gave AMD
+and Intel different last bits at chapter 3's first step. So the Integral is a product and an ATen
+sum (gflnb/boxes.py), and the inference path runs every convolution through oneDNN
+(gflnb/fuse.py), where ATen would run a one-image small convolution as MKL's SGEMM;
+tests/test_portable.py checks that training and ``GFL.predict`` make no MKL call.
+
 The number of threads changes the numbers too: oneDNN splits a convolution's work, and so orders
 its sums, by thread count (the demo's first training loss differs in the 6th digit between 1 and 2
 threads, and 20 steps later in the 3rd). So torch runs PORTABLE_THREADS threads (this project's
