@@ -111,6 +111,9 @@ def holm(p: Sequence[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
 
 
 # ------------------------------------------------------------------ reading the sweep
+NOT_RUN = ("missing", "running")  # rows without a result yet (a point in flight is no failure)
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
     """``results.csv`` as a frame: ``seed`` int, AP columns float (nan where empty), ``status`` str."""
     path = Path(path)
@@ -143,6 +146,8 @@ def read_grid(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         warnings.warn(f"{path}: not YAML ({e})")
         return {}
+    if isinstance(g, dict) and "variants_from" in g and "variants" not in g:  # grid_coco.yaml: grid.yaml's
+        g["variants"] = read_grid(path.parent / str(g["variants_from"])).get("variants") or {}
     return g if isinstance(g, dict) else {}
 
 
@@ -185,7 +190,7 @@ def variant_stats(df: pd.DataFrame, variants: Sequence[str], metrics: Sequence[s
         row: dict[str, Any] = dict(variant=v, n=int(len(vals)),
                                    failed=int(((df["variant"] == v) & (df["status"] == "failed")).sum())
                                    if not df.empty else 0,
-                                   missing=int(((df["variant"] == v) & (df["status"] == "missing")).sum())
+                                   missing=int(((df["variant"] == v) & df["status"].isin(NOT_RUN)).sum())
                                    if not df.empty else 0)
         for m in metrics:
             x = vals[m].dropna().to_numpy(np.float64) if m in vals else np.zeros(0)
@@ -272,13 +277,13 @@ def verdict_counts(claims: pd.DataFrame, column: str = "verdict") -> dict[str, i
 
 
 def run_info(df: pd.DataFrame, grid: dict[str, Any]) -> dict[str, Any]:
-    """Run counts and size: runs, ok, failed, missing (not run yet: a sweep over several sittings),
-    variants, seeds, iterations (sorted distinct values of the successful runs), and from the grid's
-    parameters config, num_train, num_val, epochs (None if absent)."""
+    """Run counts and size: runs, ok, failed, missing (not run yet or still running: a sweep over
+    several sittings), variants, seeds, iterations (sorted distinct values of the successful runs),
+    and from the grid's parameters config, num_train, num_val, epochs (None if absent)."""
     ok = ok_rows(df)
     par = grid.get("parameters") or {}
     its = sorted({int(i) for i in ok["iterations"].dropna()}) if "iterations" in ok and not ok.empty else []
-    missing = int((df["status"] == "missing").sum()) if "status" in df else 0
+    missing = int(df["status"].isin(NOT_RUN).sum()) if "status" in df else 0
     return dict(runs=int(len(df)), ok=int(len(ok)), failed=int(len(df) - len(ok) - missing), missing=missing,
                 variants=int(ok["variant"].nunique()) if not ok.empty else 0,
                 seeds=sorted(int(s) for s in ok["seed"].dropna().unique()) if not ok.empty else [],

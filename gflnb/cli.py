@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--only", nargs="+", metavar="VARIANT", help="these variants only")
     w.add_argument("--seeds", nargs="+", type=int, help="these seeds only")
     w.add_argument("--no-progress", action="store_true")
+    w.add_argument("--executor", default="local", metavar="WHERE",
+                   help="local (threads here, the default), dask://HOST:PORT, slurm or submitit-local "
+                        "(gflnb/executors.py)")
+    w.add_argument("--partition", help="slurm: the partition")
+    w.add_argument("--time", type=int, default=1440, metavar="MIN", help="slurm, submitit-local: a point's time limit")
+    w.add_argument("--cpus-per-task", type=int, metavar="N", help="slurm: CPUs of a point's job")
+    w.add_argument("--gpus-per-node", type=int, metavar="N", help="slurm: GPUs of a point's job")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a notebook parameter of the grid (value in YAML), e.g. train_ann=/data/x.json")
+    w.add_argument("--dry-run", action="store_true", help="print each point's command and state, check the grid")
     return p
 
 
@@ -177,10 +187,25 @@ def _cmd_export(a) -> None:
 
 
 def _cmd_sweep(a) -> None:
-    from .sweep import run_sweep
-    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress)
+    from .executors import SlurmOptions
+    from .gridcheck import dry_run, parse_sets
+    from .sweep import GridError, load_grid, run_sweep
+    sets = parse_sets(a.set)
+    if a.dry_run:
+        grid = load_grid(a.grid, sets)
+        lines, problems = dry_run(grid, grid.select(a.only, a.seeds))
+        print("\n".join(lines))
+        for msg in problems:
+            print(f"gflnb: grid: {msg}", file=sys.stderr)
+        if problems:
+            raise GridError(f"{a.grid}: {len(problems)} problem(s), listed above: {problems[0]}")
+        return
+    slurm = SlurmOptions(a.partition, a.time, a.cpus_per_task, a.gpus_per_node)
+    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress, executor=a.executor,
+                  slurm=slurm, sets=sets)
     print(f"{r['points']} points: {r['ran']} run, {r['skipped']} already done, {r['failed']} failed, "
-          f"{r['wall_s'] / 60:.1f} min with {r['jobs']} side by side; table: {r['table']}")
+          + (f"{r['running']} running elsewhere, " if r["running"] else "")
+          + f"{r['wall_s'] / 60:.1f} min with {r['jobs']} side by side ({r['executor']}); table: {r['table']}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

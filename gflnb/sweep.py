@@ -13,12 +13,16 @@ Under ``out`` (the grid's folder by default):
                      table equals an uninterrupted one's)
   records/ID.json    the point's small record: parameters, metrics, status, command, wall time,
                      machine, and for quality variants the background-anchor summary of the
-                     paper's Fig. 2 (chapter 7), added from the checkpoint after the runs
+                     paper's Fig. 2 (chapter 7), computed right after training in the point's own
+                     task; while the point runs, status ``running`` with its executor, job or
+                     task id, host, pid and start time
   runs/ID/           checkpoints, log.jsonl, metrics.json (git-ignored)
   notebooks/ID.ipynb the executed notebook, the experiment's full record (git-ignored)
 
 A point whose record says ``ok`` with the same command is skipped, so a killed sweep resumes; a
-failed point is recorded with its error and the sweep goes on.
+failed point is recorded with its error and the sweep goes on. A ``running`` one is left alone
+while its job lives and rerun once it has died (gflnb/executors.py: where points run, on this
+machine, a Dask cluster or Slurm, and how each tells a dead job).
 """
 from __future__ import annotations
 
@@ -27,16 +31,18 @@ import io
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
+
+from .executors import SlurmOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "status", "error", "iterations",
@@ -97,7 +103,8 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path.resolve(), start.resolve())
 
 
-def load_grid(path: str | os.PathLike) -> Grid:
+def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) -> Grid:
+    """The grid in ``path``; ``sets`` overrides its notebook parameters (``gflnb sweep --set``)."""
     import yaml
     path = Path(path)
     if not path.is_file():
@@ -108,9 +115,17 @@ def load_grid(path: str | os.PathLike) -> Grid:
         raise GridError(f"{path}: not YAML ({e})") from None
     if not isinstance(g, dict):
         raise GridError(f"{path}: expected a mapping with notebook, variants and seeds")
+    if "variants_from" in g and "variants" not in g:  # another grid's variants: two scales of one design
+        src = path.parent / str(g["variants_from"])
+        try:
+            g["variants"] = yaml.safe_load(src.read_text())["variants"]
+        except (OSError, yaml.YAMLError, TypeError, KeyError):
+            raise GridError(f"{path}: variants_from: {src} is no grid file with variants") from None
     missing = [k for k in ("notebook", "variants", "seeds") if k not in g]
     if missing:
         raise GridError(f"{path}: missing {', '.join(missing)}")
+    if sets:
+        g["parameters"] = {**(g.get("parameters") or {}), **sets}
     nb = (ROOT / g["notebook"]).resolve()
     if not nb.is_file():
         raise GridError(f"{path}: notebook {g['notebook']} not found")
@@ -191,36 +206,91 @@ def _done(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
     return rec if rec.get("status") == "ok" and rec.get("command") == cmd else None
 
 
+def _running(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
+    """The point's ``running`` record for this command (a job in flight, or one that died), if any."""
+    try:
+        rec = json.loads(record_path(grid, p).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if rec.get("status") == "running" and rec.get("command") == cmd else None
+
+
+def _claim(grid: Grid, p: Point, executor: str, job_id: str) -> None:
+    """Record a job the driver has just submitted (queued, perhaps for hours) as ``running``, unless
+    the job has already started and recorded itself."""
+    cmd = command(grid, p)
+    run = _running(grid, p, cmd)
+    if run is not None and str(run.get("job_id")) == str(job_id):
+        return
+    rec = dict(variant=p.variant, seed=p.seed, command=cmd, status="running", executor=executor, job_id=job_id,
+               submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), starts=int((run or {}).get("starts", 0)))
+    if executor == "submitit-local":  # its job id is its process's pid, on this host
+        rec.update(host=socket.gethostname(), pid=int(job_id))
+    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+
+
+def _lost(grid: Grid, p: Point, e: BaseException) -> dict:
+    """The record of a point whose task never came back (its worker or job died every time)."""
+    rec = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=command(grid, p),
+               parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT), status="failed",
+               error=f"lost: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
+    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+    return rec
+
+
 def _background(grid: Grid, p: Point) -> Optional[dict]:
     """The Fig. 2 summary of the point's checkpoint on the validation set (None where it does not apply)."""
     if p.variant not in BACKGROUND_VARIANTS:
         return None
+    import torch
+
     from .analysis import anchor_scores, background_summary, load_model
     from .data import CocoDetection
-    from .synth import dataset_paths
+    from .synth import LATEST_VERSION, dataset_paths
     ck = grid.out / "runs" / p.id / "latest.pth"
-    root = (grid.notebook.parent / grid.parameters.get("data_root", "../data/synth")).resolve()
-    val_ann, val_img = dataset_paths(root, "val")
+    par, base = point_parameters(grid, p), grid.notebook.parent  # paths as the notebook reads them
+    if par.get("val_ann"):
+        val_ann, val_img = (base / par["val_ann"]).resolve(), (base / par["val_images"]).resolve()
+    else:
+        root = par.get("data_root") or f"../data/synth_v{par.get('data_version', LATEST_VERSION)}"
+        val_ann, val_img = dataset_paths((base / root).resolve(), "val")
     model = load_model(ck)
     ds = CocoDetection(val_ann, val_img, model.cfg, train=False)
-    return background_summary(anchor_scores(model, ds, max_images=grid.background_images))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(grid.threads)  # the point's thread count, whichever process runs it
+    try:
+        device = par["device"] if str(par.get("device", "")).startswith("cuda") else "cpu"  # COCO: on the GPU
+        return background_summary(anchor_scores(model, ds, max_images=grid.background_images, device=device))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_point(grid: Grid, p: Point) -> dict:
-    """Execute one point's command and write its record; never raises for a failed run."""
+    """Execute one point's command, then (quality variants) its Fig. 2 background pass, in this process,
+    wherever it runs (a thread here, a Dask worker, a Slurm job), and write its record; never raises
+    for a failed run. While the command runs, the record says ``running`` (gflnb/executors.py)."""
+    from .executors import die_with_parent, process_started, task_identity
     cmd = command(grid, p)
     env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads)}
     t0 = time.perf_counter()
+    where = task_identity()
+    starts = int((_running(grid, p, cmd) or {}).get("starts", 0)) + 1  # > 1: earlier starts died
     rec: dict[str, Any] = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=cmd,
                                parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT))
     mp = metrics_path(grid, p)
     if mp.exists():
         mp.unlink()  # a metrics file from an earlier, killed attempt must not pass for this one's
-    proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True)
-    rec["wall_s"] = round(time.perf_counter() - t0, 1)
+    proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=die_with_parent)
+    _atomic_write(record_path(grid, p), json.dumps(
+        {**rec, "status": "running", **where, "pid": proc.pid, "pid_started": process_started(proc.pid),
+         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "starts": starts}, indent=1, default=str))
+    stdout, stderr = proc.communicate()
+    rec.update(wall_s=round(time.perf_counter() - t0, 1), executor=where["executor"], job_id=where["job_id"],
+               starts=starts)
     try:
         if proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            lines = [ln for ln in (stderr + stdout).splitlines() if ln.strip()]
             err = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
             raise RuntimeError(f"exit {proc.returncode}: {err.strip()[:500]}")
         m = json.loads(mp.read_text())
@@ -231,13 +301,20 @@ def run_point(grid: Grid, p: Point) -> dict:
                                  for e in m.get("eval_history", [])])
     except Exception as e:  # a failed point is recorded and the sweep goes on
         rec.update(status="failed", error=str(e).replace("\n", " ")[:500])
+    if rec["status"] == "ok" and p.variant in BACKGROUND_VARIANTS:
+        try:  # here, not in the driver: a point on a worker is self-contained
+            rec["background"] = _background(grid, p)
+        except Exception as e:  # the row stands without it; add_background, the driver's repair pass, retries
+            import warnings
+            warnings.warn(f"{p.id}: no background summary ({e})")
     _atomic_write(record_path(grid, p), json.dumps(rec, indent=1, default=str))
     return rec
 
 
 def add_background(grid: Grid, points: Sequence[Point]) -> int:
     """Add the Fig. 2 summary to the ok records of quality variants that lack it (from each point's
-    checkpoint); a separate pass, so that an analysis change never reruns training. Returns how many."""
+    checkpoint): the repair pass for records whose point could not compute it (run_point does), and
+    so that an analysis change never reruns training. Returns how many."""
     import warnings
     n = 0
     for p in points:
@@ -288,14 +365,32 @@ def write_table(grid: Grid, points: Sequence[Point]) -> Path:
 
 
 def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Optional[Sequence[str]] = None,
-              seeds: Optional[Sequence[int]] = None, progress: bool = True) -> dict[str, Any]:
-    """Run every point not yet done, ``jobs`` at a time; returns counts and the table's path."""
-    grid = load_grid(grid_file)
+              seeds: Optional[Sequence[int]] = None, progress: bool = True,
+              executor: str = "local", slurm: Optional[SlurmOptions] = None,
+              sets: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run every point not yet done, ``jobs`` at a time, on ``executor`` (gflnb/executors.py: local,
+    dask://HOST:PORT, slurm, submitit-local); returns counts and the table's path."""
+    from .executors import alive, drive, open_backend
+    grid = load_grid(grid_file, sets)
     points = grid.select(only, seeds)
     every = grid.select()  # the table always covers the whole grid: --only reruns rows, never drops the rest
-    todo = [p for p in points if _done(grid, p, command(grid, p)) is None]
-    skipped = len(points) - len(todo)
-    jobs = max(1, jobs or grid.jobs)
+    backend = open_backend(executor, jobs, grid.out / "submitit", slurm or SlurmOptions(), grid.jobs)
+    todo, elsewhere = [], 0
+    for p in points:
+        cmd = command(grid, p)
+        if _done(grid, p, cmd) is not None:
+            continue
+        run = _running(grid, p, cmd)
+        if run is not None and (live := alive(run, backend.client)) is not False:
+            elsewhere += 1  # in flight (another driver's, or one this driver cannot check): never twice
+            if live is None:
+                import warnings
+                warnings.warn(f"{p.id}: cannot tell whether its {run.get('executor')} job {run.get('job_id')} still "
+                              f"runs; left alone (delete {_rel(record_path(grid, p), ROOT)} to rerun it)")
+            continue
+        todo.append(p)  # not run, failed, or its job has died
+    skipped = len(points) - len(todo) - elsewhere
+    jobs = backend.max_in_flight or len(todo)
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
@@ -308,10 +403,8 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     lock = threading.Lock()
     bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,
                dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_point, grid, p): p for p in todo}
-        for fut in as_completed(futures):
-            rec = fut.result()
+    try:
+        for rec in drive(backend, run_point, grid, todo, _claim, _lost):
             with lock:
                 failed += rec["status"] != "ok"
                 write_table(grid, every)  # after every point: a killed sweep leaves its table current
@@ -319,10 +412,13 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
                 bar.set_postfix_str(f"{rec['variant']} s{rec['seed']}: " +
                                     (f"AP {ap:.1f}" if rec["status"] == "ok" else "failed"))
                 bar.update(1)
+    finally:
+        backend.close()
     bar.close()
     summarized = add_background(grid, points)
     table = write_table(grid, every)
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
-                   wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT))
+                   wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT),
+                   running=elsewhere, executor=executor)
     _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))
     return summary
