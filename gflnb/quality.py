@@ -312,11 +312,16 @@ class DGQPQuality(Quality):
     def quality_logit(self, reg: Tensor) -> Tensor:
         """``[N, 4(R+1)]`` distribution logits -> ``[N]`` the quality before its sigmoid."""
         stat = dgqp_features(reg, self.reg_max, self.topk)  # [N, 20]
-        # The 1x1 convs as matrix products on [N, 20]: the same parameters (and state-dict keys),
-        # but a conv over N one-pixel images ran 3x slower than the rest of a training step.
+        # The 1x1 convs as products on [N, 20]: the same parameters (and state-dict keys), but a conv
+        # over N one-pixel images ran 3x slower than the rest of a training step. Not F.linear: MKL's
+        # SGEMM picks its code path by CPU vendor (gflnb/portable.py); these are ATen's own kernels.
         c0, c1 = self.reg_conf[0], self.reg_conf[2]
-        hidden = F.relu(F.linear(stat, c0.weight.flatten(1), c0.bias))  # [N, channels]
-        return F.linear(hidden, c1.weight.flatten(1), c1.bias).reshape(-1)  # [N]
+        w0 = c0.weight.flatten(1)  # [channels, 20]
+        hidden = c0.bias.expand(stat.shape[0], -1)
+        for k in range(stat.shape[1]):  # elementwise products and sums, in a fixed order
+            hidden = hidden + stat[:, k:k + 1] * w0[:, k]
+        hidden = F.relu(hidden)  # [N, channels]
+        return (hidden * c1.weight.flatten(1)).sum(dim=1) + c1.bias  # [N]
 
     def quality(self, reg: Tensor) -> Tensor:
         """``[N, 4(R+1)]`` distribution logits -> ``[N]`` quality in (0, 1)."""

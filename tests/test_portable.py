@@ -81,7 +81,7 @@ def test_the_thread_count_is_fixed_unless_asked_otherwise():
 TRAIN_STEP = """
 import gflnb, torch
 torch.manual_seed(0)
-m = gflnb.build_model("gfl_cpu_demo").train()
+m = gflnb.build_model("gfl_cpu_demo", **OVERRIDES).train()
 meta = dict(img_shape=(128, 128), pad_shape=(128, 128), scale_factor=(1.0, 1.0, 1.0, 1.0), ori_shape=(128, 128))
 box = dict(boxes=torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 40.0, 120.0, 100.0]]), labels=torch.tensor([1, 3]))
 losses = m.loss(torch.randn(2, 3, 128, 128), [box, box], [meta, meta])
@@ -93,12 +93,13 @@ print("PREDICT-DONE", flush=True)
 INTEL_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference_runs" / "chapter3_intel_xeon_avx2.json"
 
 
-def test_training_and_predict_make_no_mkl_call():
+@pytest.mark.parametrize("overrides", [{}, {"quality": "dgqp"}], ids=["gfl", "dgqp"])
+def test_training_and_predict_make_no_mkl_call(overrides):
     # MKL picks its code path by CPU vendor, and MKL_CBWR cannot pin it on non-Intel CPUs: its SGEMV
     # in the Integral was the one term that differed between AMD and Intel at the first step, and
     # one image's small convolutions ran as its SGEMM. With no MKL call left, training and GFL.predict
     # run only ATen's capped kernels and oneDNN's.
-    out = _run(TRAIN_STEP, MKL_VERBOSE="1")
+    out = _run(f"OVERRIDES = {overrides!r}\n" + TRAIN_STEP, MKL_VERBOSE="1")
     lines = (out.stdout + out.stderr).splitlines()
     calls = [ln.split("(")[0] for ln in lines if ln.startswith("MKL_VERBOSE") and "oneMKL" not in ln]
     assert "STEP-DONE" in lines and "PREDICT-DONE" in lines and calls == []
@@ -107,7 +108,7 @@ def test_training_and_predict_make_no_mkl_call():
 def test_a_training_step_runs_the_avx2_onednn_kernels_the_intel_run_used():
     # The Intel reference run's two training steps (chapter 3's model) used these implementations;
     # the demo's step must use AVX2 ones of the same set on any machine (no AVX-512 or AMX kernel)
-    out = _run(TRAIN_STEP, ONEDNN_VERBOSE="1")
+    out = _run("OVERRIDES = {}\n" + TRAIN_STEP, ONEDNN_VERBOSE="1")
     impls = {",".join(ln.split(",")[5:8]) for ln in out.stdout.splitlines()
              if ln.startswith("onednn_verbose") and ",exec,cpu," in ln}
     convs = {i for i in impls if i.startswith("convolution,")}
