@@ -215,6 +215,11 @@ def findings(edges: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+# A verdict whose interval's end nearer zero is closer to zero than this fraction of the estimate is
+# named as the one another trained model is likeliest to flip
+EDGE_FRACTION = 0.25
+
+
 def describe_findings(found: pd.DataFrame, kinds: Optional[pd.DataFrame] = None) -> list[str]:
     """One markdown sentence per finding, written from its numbers and verdict."""
     said = {"holds": "holds", "reversed": "is **reversed** here", "not resolved": "is **not resolved** here",
@@ -228,4 +233,12 @@ def describe_findings(found: pd.DataFrame, kinds: Optional[pd.DataFrame] = None)
                  for k, r in kinds.iterrows()]
         lines.append("* Bimodal distributions (two separated peaks, as in the paper's appendix F), by edge kind: "
                      + "; ".join(parts) + ".")
+    near = [f.claim for f in found.itertuples() if f.verdict in ("holds", "reversed")
+            and min(abs(f.lo), abs(f.hi)) < EDGE_FRACTION * abs(f.estimate)]
+    lines.append("* **These verdicts are about one trained model.** The intervals resample the objects this "
+                 "checkpoint sees, not training runs: another seed, or the same command on a CPU that rounds "
+                 "differently, trains another model, whose estimates move by more than these intervals allow for. "
+                 + (f"Nearest to flipping (an interval end within {EDGE_FRACTION:.0%} of the estimate from zero): "
+                    + "; ".join(near) + "." if near else
+                    f"No verdict's interval ends within {EDGE_FRACTION:.0%} of its estimate from zero."))
     return lines

@@ -176,7 +176,8 @@ fig = explorer.render()
 #
 # Each claim is tested by its 95% interval: it *holds* when the interval lies above zero, is
 # *reversed* below zero, and is *not resolved* when the interval covers zero. The sentences are
-# written from this run's numbers.
+# written from this run's numbers, and they are about one trained model: the bootstrap resamples
+# objects, not training runs (the last bullet names the verdicts nearest to flipping).
 
 # %%
 found = spread.findings(edges, n_boot=n_boot)

@@ -65,7 +65,13 @@ def test_contrast_and_verdicts():
     assert f["r(entropy, |error|)"] == "reversed"  # built so: a flatter distribution, a smaller error
     lines = spread.describe_findings(spread.findings(d), spread.by_kind(d))
     assert any("**reversed**" in ln and "r(entropy, |error|)" in ln for ln in lines)
-    assert lines[-1].startswith("* Bimodal distributions")
+    assert lines[-2].startswith("* Bimodal distributions")
+    assert lines[-1].startswith("* **These verdicts are about one trained model.**")
+    # the blurred contrast (+0.5, interval well above 0) is far from flipping; one whose interval nearly
+    # touches zero is named
+    near = pd.DataFrame([dict(claim="c1", statistic="s", estimate=0.10, lo=0.02, hi=0.18, verdict="holds"),
+                         dict(claim="c2", statistic="s", estimate=0.50, lo=0.40, hi=0.60, verdict="holds")])
+    assert spread.describe_findings(near)[-1].endswith("from zero): c1.")
     assert spread._interval_verdict(-0.1, 0.2) == "not resolved"
     assert spread._interval_verdict(math.nan, 0.2) == "not measured"
 
