@@ -11,7 +11,7 @@ STAMP := $(VENV)/.gflnb-installed
 $(STAMP): pyproject.toml jupyter/overrides.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[notebooks,test,export,cluster]'
+	$(PY) -m pip install -q -e '.[notebooks,test,export,track,cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(PY) -m gflnb.lab install
 	@touch $(STAMP)

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact reruns)")
+    t.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars beside log.jsonl")
+    t.add_argument("--eval-every", type=int, default=0, metavar="N", help="also evaluate every N epochs")
 
     e = sub.add_parser("evaluate", help="COCO bbox evaluation of a checkpoint")
     e.add_argument("--config", required=True)
@@ -94,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a notebook parameter of the grid (value in YAML), e.g. train_ann=/data/x.json")
     w.add_argument("--dry-run", action="store_true", help="print each point's command and state, check the grid")
+    w.add_argument("--mlflow", action="store_true", help="also log each point as an MLflow run in OUT/mlflow.db")
+
+    m = sub.add_parser("mlflow-import", help="import a sweep's records as MLflow runs (OUT/mlflow.db), running nothing")
+    m.add_argument("sweep", help="the sweep's output folder (with records/) or its grid file")
     return p
 
 
@@ -121,7 +127,7 @@ def _cmd_train(a) -> None:
         raise ValueError("--val-ann and --val-images go together")
     opts = TrainOptions(a.train_ann, a.train_images, a.work_dir, a.val_ann, a.val_images, a.epochs, a.max_minutes,
                         a.max_iters, a.resume, a.device, a.checkpoint_every, a.skip_bad_batches, not a.no_progress,
-                        deterministic=a.deterministic)
+                        deterministic=a.deterministic, eval_every=a.eval_every, tensorboard=not a.no_tensorboard)
     m = train(cfg, opts)
     print(json.dumps({k: v for k, v in m.items() if k != "per_class"}))
 
@@ -201,11 +207,18 @@ def _cmd_sweep(a) -> None:
             raise GridError(f"{a.grid}: {len(problems)} problem(s), listed above: {problems[0]}")
         return
     slurm = SlurmOptions(a.partition, a.time, a.cpus_per_task, a.gpus_per_node)
-    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress, executor=a.executor,
+    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress, mlflow=a.mlflow, executor=a.executor,
                   slurm=slurm, sets=sets)
     print(f"{r['points']} points: {r['ran']} run, {r['skipped']} already done, {r['failed']} failed, "
           + (f"{r['running']} running elsewhere, " if r["running"] else "")
           + f"{r['wall_s'] / 60:.1f} min with {r['jobs']} side by side ({r['executor']}); table: {r['table']}")
+
+
+def _cmd_mlflow_import(a) -> None:
+    from .tracking import log_sweep_to_mlflow, resolve_sweep, store_uri
+    n = log_sweep_to_mlflow(a.sweep)
+    print(f"{n} runs imported (unchanged points skipped); "
+          f"mlflow ui --backend-store-uri {store_uri(resolve_sweep(a.sweep)[0])}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -219,14 +232,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .sweep import GridError
+    from .tracking import TrackingError
     from .train import TrainingDiverged
     warnings.simplefilter("default")
     warnings.showwarning = _show_warning
     known = (ConfigError, CheckpointError, DataError, PretrainedWeightsError, TrainingDiverged, GridError,
-             FileNotFoundError, ValueError, KeyError, RuntimeError)
+             TrackingError, FileNotFoundError, ValueError, KeyError, RuntimeError)
     try:
         {"synth": _cmd_synth, "train": _cmd_train, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark,
-         "sweep": _cmd_sweep, "export": _cmd_export}[args.cmd](args)
+         "sweep": _cmd_sweep, "export": _cmd_export, "mlflow-import": _cmd_mlflow_import}[args.cmd](args)
     except known as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"gflnb: error: {msg}", file=sys.stderr)

@@ -52,6 +52,7 @@ class TrainOptions:
     keep_epoch_checkpoints: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact reruns
     eval_every: int = 0  # also evaluate on the validation set every N epochs (0: only at the end)
+    tensorboard: bool = True  # also write log.jsonl's numbers as TensorBoard scalars (gflnb/tblog.py)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -109,7 +110,8 @@ class _LossModule(nn.Module):
 
 
 class JsonlLog:
-    """Append-only JSON lines, each written with one ``write`` call and flushed."""
+    """Append-only JSON lines, each written with one ``write`` call and flushed, and forwarded to
+    ``sinks`` (TensorBoard): the log is the record, a sink only mirrors it."""
 
     def __init__(self, path: Path, keep_until_iter: Optional[int] = None):
         """``keep_until_iter``: a resumed run keeps the lines up to its checkpoint; ``None``: a new run,
@@ -130,12 +132,21 @@ class JsonlLog:
             tmp.write_text("".join(k + "\n" for k in keep))
             os.replace(tmp, path)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.sinks: list = []  # each has write(rec), flush() and close(), and never raises
 
     def write(self, rec: dict) -> None:
         os.write(self.fd, (json.dumps(rec) + "\n").encode())
+        for s in self.sinks:
+            s.write(rec)
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            s.flush()
 
     def close(self) -> None:
         os.close(self.fd)
+        for s in self.sinks:
+            s.close()
 
 
 def _save(path: Path, model: GFL, ema, optimizer, scaler, state: dict, cfg: GFLConfig, classes: list[str],
@@ -280,6 +291,10 @@ def setup(cfg: GFLConfig, opts: TrainOptions) -> Run:
     log = None
     if rank == 0:
         log = JsonlLog(work / "log.jsonl", keep_until_iter=state["global_iter"] if opts.resume else None)
+        if opts.tensorboard:
+            from .tblog import open_tensorboard
+            tb = open_tensorboard(work, resume_iter=state["global_iter"] if opts.resume else None)
+            log.sinks += [tb] if tb is not None else []
         (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     return Run(cfg, opts, work, device, distributed, rank, world, train_ds, val_ds, model, ema, optimizer, scaler,
                amp_dtype, base_lr, loss_module, log, state)
@@ -394,6 +409,7 @@ def end_epoch(run: Run) -> None:
     if every and run.val_ds is not None and run.state["epoch"] % every == 0 and run.state["epoch"] < run.cfg.epochs:
         evaluate_epoch(run)  # the last epoch is evaluated by train() itself
         run.model.train()
+    run.log.flush()  # the sinks' (TensorBoard's) epoch on disk
     save_checkpoint(run, run.latest)
     if run.opts.keep_epoch_checkpoints:
         save_checkpoint(run, run.work / f"epoch_{run.state['epoch']}.pth")
