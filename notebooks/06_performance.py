@@ -46,7 +46,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from gflnb import viz
-from gflnb.benchmark import markdown, run_suite
+from gflnb.benchmark import ONNX_ROW, markdown, run_suite
 
 viz.setup()
 path = Path(results_json)
@@ -74,6 +74,25 @@ for ax, col, title in ((axes[0], "seconds", "batch-1 latency (median)"), (axes[1
     ax.set(title=title, xlabel=col.replace("_", " "), ylabel="")
 axes[1].axvline(1.0, color="k", lw=0.8)
 display(inf.round(3))
+
+# %% [markdown]
+# ## The exported model
+#
+# `gflnb export` writes the inference path to ONNX: backbone, FPN and head, the softmax over the
+# bins, the Integral and the distance-to-box decode in the graph, with NMS as a small numpy step
+# after it (`gflnb/export.py`). The suite times it in onnxruntime, decode and NMS included, in the
+# same interleaved rounds as the torch path (`GFL.predict`) and FCOS, with the same weights' shape.
+
+# %%
+onnx_rows = [dict(shape=shape, path=name, seconds=m[name]["median_s"], vs_fcos=m[name]["median_s"] / m["torchvision fcos"]["median_s"],
+                  x_floor=m[name]["x_floor"])
+             for shape, m in res["inference"].items() for name in ("gflnb", ONNX_ROW) if name in m]
+if any(r["path"] == ONNX_ROW for r in onnx_rows):
+    display(pd.DataFrame(onnx_rows).rename(columns={"vs_fcos": "time / FCOS's", "x_floor": "x floor"}).round(3)
+            .set_index(["shape", "path"]))
+else:
+    print(f"{source} has no onnxruntime row (the export extra was missing when it ran): "
+          "run .venv/bin/python benchmarks/run.py after make setup.")
 
 # %% [markdown]
 # ## Assignment and losses as the problem grows
