@@ -6,7 +6,8 @@ mmdetection, the ATSS column (AP / AP50 / AP75 in %). Rows are keyed by the vari
 ``experiments/ablations/grid.yaml``; ``label`` is the paper's own row name. A row that two tables
 share (Table 1a's joint QFL is Table 1c's beta 2 and Table 3's "QFL only") is one variant.
 
-:data:`DESIGN` defines each of the 21 variants as the paper does: the config fields it sets over
+:data:`DESIGN` defines each of the 21 variants as the paper does (and :data:`GFLNB_ROWS`, gflnb's own
+rows): the config fields it sets over
 ``gfl_cpu_demo`` (GFL: ``quality='qfl'``, ``box='dfl'``, ``qfl_beta=2``, ``reg_max=16``,
 ``bin_interval=1``), where in the paper the row is, and where gflnb cannot follow it. Sections
 are arXiv v1's: Sec. 3 defines QFL and DFL (and DFL's n), Sec. 4 (Experiment), "Ablation Study",
@@ -93,8 +94,17 @@ DESIGN: dict[str, dict[str, Any]] = {
     "dgqp": dict(config=dict(quality="dgqp"),
                  source="GFLv2 (arXiv:2011.12885), Sec. 3 (DGQP); its README's R-50 1x minival AP",
                  departs="GFocalV2's head on GFL's; QFL on the joint score computed from its log and the box "
-                         "losses divided by any nonzero weight sum (gflnb's fixes of two numeric faults)"),
+                         "losses divided by any nonzero weight sum (gflnb's fixes of two numeric faults); the "
+                         "box-loss weights detached from the DGQP as GFocalV2's cls_score.detach()"),
+    "dgqp_weight_grad": dict(
+        config=dict(quality="dgqp", dgqp_weight_grad=True),
+        source="not a paper row: gflnb's DGQP before issue 18 (experiments/dgqp/README.md)",
+        departs="the box-loss weights (the positives' joint scores) keep the DGQP's parameters in the graph, "
+                "so GIoU and DFL, divided by the weights' detached sum, push the quality logit down: every "
+                "joint score goes to 0. Shown beside 'dgqp' as the collapse the fix removes"),
 }
+# DESIGN's rows that are gflnb's, not the paper's (the 21 others are the paper's factorial design)
+GFLNB_ROWS = ("dgqp_weight_grad",)
 
 
 def _ap_only(label: str, ap: float) -> dict[str, Any]:
@@ -175,6 +185,8 @@ TABLES: dict[str, dict[str, Any]] = {
         rows={
             "gfl": _ap_only("GFLv1", 40.2),
             "dgqp": _ap_only("GFLv2 (DGQP)", 41.0),
+            "dgqp_weight_grad": dict(label="DGQP, box-loss weights not detached (gflnb before issue 18)", AP=None,
+                                     AP50=None, AP75=None),
         }),
 }
 
