@@ -7,6 +7,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import PRESETS, ConfigError, GFLConfig, get_config
 from .detector import GFL, build_model
 from .head import GFLHead
+from . import fuse  # noqa: E402,F401  (registers the inference path's FLOP formula before any counter runs)
 
 portable.check()
 

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from .detector import GFL
 
@@ -36,6 +37,14 @@ class OneDNNConv2d(nn.Conv2d):
             return super().forward(x)
         return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
                                                  list(self.dilation), self.groups)
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_convolution)
+def _mkldnn_convolution_flop(x_shape, w_shape, _bias, _padding, _stride, _dilation, _groups, *args,
+                             out_shape=None, **kwargs) -> int:
+    # FlopCounterMode knows aten.convolution, not the oneDNN op it lowers to: without this the
+    # benchmark's floors would count the inference path's convolutions as free
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
 def _onednn_convs(model: nn.Module) -> None:

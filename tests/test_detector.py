@@ -399,3 +399,14 @@ def test_eval_predict_runs_the_inference_path_and_rebuilds_it_when_weights_chang
     import copy
     clone = copy.deepcopy(model.eval())  # the cache is not part of the model
     assert clone.inference_net() is not model.inference_net()
+
+
+def test_flop_count_sees_the_inference_paths_onednn_convolutions():
+    # the benchmark's floors divide by these FLOPs: the oneDNN op of the inference path must count as
+    # the convolution it is
+    from gflnb.benchmark import flops
+    model = build_model("gfl_cpu_demo").eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        plain, fast = flops(lambda: model(x)), flops(lambda: model.inference_net(x.device)(x))
+    assert plain > 0 and fast == plain
