@@ -237,7 +237,7 @@ def describe_findings(found: pd.DataFrame, kinds: Optional[pd.DataFrame] = None)
             and min(abs(f.lo), abs(f.hi)) < EDGE_FRACTION * abs(f.estimate)]
     lines.append("* **These verdicts are about one trained model.** The intervals resample the objects this "
                  "checkpoint sees, not training runs: another seed, or the same command on a CPU that rounds "
-                 "differently, trains another model, whose estimates move by more than these intervals allow for. "
+                 "differently, trains another model, whose estimates can fall outside these intervals. "
                  + (f"Nearest to flipping (an interval end within {EDGE_FRACTION:.0%} of the estimate from zero): "
                     + "; ".join(near) + "." if near else
                     f"No verdict's interval ends within {EDGE_FRACTION:.0%} of its estimate from zero."))
