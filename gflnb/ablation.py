@@ -502,9 +502,9 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
     lines = [f"* Of the paper's {len(claims)} claims, {h} hold{'s' if h == 1 else ''}, {r} "
              f"{'is' if r == 1 else 'are'} reversed and {u} {'is' if u == 1 else 'are'} not resolved by this "
              f"sweep (rule: {RULE})."]
-    if len(claims) and "holm_verdict" in claims:
+    tested = int(np.isfinite(claims["p"]).sum()) if len(claims) and "p" in claims else 0
+    if tested and "holm_verdict" in claims:  # with no claim tested there is nothing for chance to flip
         hc = verdict_counts(claims, "holm_verdict")
-        tested = int(np.isfinite(claims["p"]).sum())
         lines.append(f"* {tested} claim{'s have' if tested != 1 else ' has'} at least two seeds a side. If none of them had a "
                      f"real difference, chance alone would still give about {chance_verdicts(claims):.1f} verdicts "
                      f"at {CONFIDENCE:.0%} each; with Holm's correction over them (any false verdict at most "

@@ -76,7 +76,7 @@ print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} 
 # successful seeds (a single seed has no spread and shows only `n=1`). Failed runs are listed with
 # their error; they count nowhere else.
 
-# %%
+# %% tags=["hide-input"]
 if len(stats) and len(df):
     runs = pd.DataFrame({"variant": stats.index, "label": [labels[v] for v in stats.index],
                          "ok seeds": stats["n"].to_numpy(), "failed": stats["failed"].to_numpy(),
@@ -97,7 +97,7 @@ else:
 # mean ± std over seeds of the CPU demo detector. Absolute APs cannot be compared (another data
 # set, model and schedule); the order of the rows can.
 
-# %%
+# %% tags=["hide-input"]
 for tid, t in paper.TABLES.items():
     display(Markdown(f"**{t['title']}**" + (f" {t['note']}" if t["note"] else "")))
     display(ablation.side_by_side(tid, stats))
@@ -108,7 +108,7 @@ for tid, t in paper.TABLES.items():
 # Each dot is one seed; the diamond is the mean and the bar its standard deviation over seeds. GFL
 # (joint QFL score, DFL) is drawn in orange.
 
-# %%
+# %% tags=["hide-input"]
 if len(ok):
     fig = viz.plot_ablation_ap(ok, order, labels)
 else:
@@ -129,7 +129,7 @@ else:
 # fractions averaged over seeds. The table after the figure compares each separate branch's
 # fraction with the joint score's over seeds, with the same Welch interval as the claims below.
 
-# %%
+# %% tags=["hide-input"]
 pooled = ablation.pool_background(records)
 bg = ablation.background_table(records)
 if pooled:
@@ -165,7 +165,7 @@ else:
 # starts, not what it is worth at the end; the claims below are read at the last epoch, and the
 # conclusions say for each reversed claim since when it is reversed.
 
-# %%
+# %% tags=["hide-input"]
 curves = ablation.learning_curves(records, df)
 if len(curves):
     fig = viz.plot_learning_curves(ablation.curve_stats(curves), ablation.curve_panels(g), labels)
@@ -186,7 +186,7 @@ else:
 # other). Holm's column applies the same test with the family-wise error over all claims kept at 5%.
 # The figure shows the difference here with its interval and the paper's difference (a cross).
 
-# %%
+# %% tags=["hide-input"]
 claims = ablation.claim_table(df)
 counts = ablation.verdict_counts(claims)
 show = claims.assign(**{"paper Δ AP": claims["paper_diff"], "here Δ AP": claims["diff"].round(2),
@@ -205,7 +205,7 @@ print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {co
 #
 # Stated from this sweep's numbers:
 
-# %%
+# %% tags=["hide-input"]
 by_epoch = ablation.claims_by_epoch(curves)
 display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels, ok, records, by_epoch))))
 
