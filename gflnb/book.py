@@ -23,8 +23,9 @@ NOTEBOOKS = ["01_quality_focal_loss", "02_distribution_focal_loss", "03_training
 
 
 def execute(src: str | Path, out: str | Path, parameters: Optional[dict[str, Any]] = None,
-            cwd: Optional[str | Path] = None, timeout: int = 3600) -> Any:
-    """Execute a py:percent notebook with papermill (which cannot read .py itself)."""
+            cwd: Optional[str | Path] = None, timeout: Optional[int] = 3600) -> Any:
+    """Execute a py:percent notebook with papermill (which cannot read .py itself); ``timeout`` is
+    per cell, in seconds (None: none)."""
     import jupytext
     import papermill as pm
     src = Path(src)
@@ -111,13 +112,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     r.add_argument("src")
     r.add_argument("out")
     r.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    # An experiment's budget is in epochs, so its cells get no wall-clock limit by default: on a busy
+    # 2-core machine a sweep point of 1,500 iterations ran past the book's hour and was killed
+    r.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: no limit)")
     sub.add_parser("build", help="build the book from executed notebooks")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     if a.cmd == "run":
         import yaml
         params = {k: yaml.safe_load(v) for k, v in a.p}
-        execute(a.src, a.out, params)
+        execute(a.src, a.out, params, timeout=a.timeout)
         print(json.dumps(records(a.out)))
         return 0
     if a.cmd is None:

@@ -78,3 +78,15 @@ def test_every_chapter_hides_its_record_cell(path):
     cells = [c for c in jupytext.read(path).cells if "nb.record(" in c.source]
     assert len(cells) == 1, f"{path.name}: {len(cells)} record cells"
     assert "remove-cell" in cells[0].metadata.get("tags", []), f"{path.name}: the record cell would be published"
+
+
+def test_an_experiment_run_has_no_cell_time_limit_unless_asked(monkeypatch, tmp_path):
+    # sweep points run `python -m gflnb.book run ...`; their budget is in epochs, so a busy machine
+    # must not turn a slow point into a failed one
+    import gflnb.book as book
+    seen = []
+    monkeypatch.setattr(book, "execute", lambda src, out, params, timeout=3600: seen.append(timeout))
+    monkeypatch.setattr(book, "records", lambda out: [])
+    book.main(["run", "a.py", str(tmp_path / "a.ipynb"), "-p", "seed", "0"])
+    book.main(["run", "a.py", str(tmp_path / "a.ipynb"), "--timeout", "60"])
+    assert seen == [None, 60]
