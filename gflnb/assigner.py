@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import pmath
 from .boxes import aligned_iou
 
 # mmdet's -INF sentinel for the max_overlaps of anchors that are not positive.
@@ -26,10 +27,11 @@ def _candidates(anchor_pts: Tensor, gt_pts: Tensor, num_level_anchors: Sequence[
     """Per level, the ``min(topk, n_level)`` anchors nearest each gt centre -> ``[K, G]``."""
     # [G, A], gt-major so that each gt's top-k reads one contiguous row. mmdet writes
     # (a - g).pow(2).sum(-1).sqrt() over an [A, G, 2] tensor; (g - a)^2 equals (a - g)^2 and a sum
-    # of two floats is one rounding either way, so the distances are bit-identical, ties included.
+    # of two floats is one rounding either way, so the distances are bit-identical, ties included
+    # (pmath.sqrt is IEEE's, as torch.sqrt is on Intel CPUs, without MKL's vendor-dependent VML).
     dx = gt_pts[:, 0, None] - anchor_pts[None, :, 0]
     dy = gt_pts[:, 1, None] - anchor_pts[None, :, 1]
-    distances = (dx * dx + dy * dy).sqrt()
+    distances = pmath.sqrt(dx * dx + dy * dy)
     idxs, start = [], 0
     for n in num_level_anchors:
         k = min(topk, n)

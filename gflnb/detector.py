@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .backbone import ResNet
 from .config import GFLConfig, get_config
+from .conv import onednn_1x1
 from .head import GFLHead
 from .neck import FPN
 
@@ -56,6 +57,8 @@ class GFL(nn.Module):
                                  focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
                                  dgqp_topk=cfg.dgqp_topk, dgqp_channels=cfg.dgqp_channels,
                                  bin_interval=cfg.bin_interval, dgqp_weight_grad=cfg.dgqp_weight_grad)
+        # single-threaded 1x1 convs through oneDNN, not MKL, whose numbers depend on the CPU's vendor
+        onednn_1x1(self)
         # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs
         # are faster on CPU (see cfg.channels_last).
         self._nhwc = False

@@ -16,46 +16,22 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
+from .conv import OneDNNConv2d, is_plain_conv
 from .detector import GFL
 
 _PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
 
-class OneDNNConv2d(nn.Conv2d):
-    """A Conv2d that runs oneDNN's convolution on CPU fp32 at every size.
-
-    For one image and a small map, ATen's heuristic runs a convolution as im2col and MKL's SGEMM,
-    and MKL picks its code path by CPU vendor, which ``MKL_CBWR`` cannot pin on non-Intel CPUs
-    (gflnb/portable.py). oneDNN's kernels are capped at AVX2 on every machine. Elsewhere (CUDA,
-    other dtypes) it is the plain Conv2d.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or isinstance(self.padding, str):
-            return super().forward(x)
-        return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
-                                                 list(self.dilation), self.groups)
-
-
-@register_flop_formula(torch.ops.aten.mkldnn_convolution)
-def _mkldnn_convolution_flop(x_shape, w_shape, _bias, _padding, _stride, _dilation, _groups, *args,
-                             out_shape=None, **kwargs) -> int:
-    # FlopCounterMode knows aten.convolution, not the oneDNN op it lowers to: without this the
-    # benchmark's floors would count the inference path's convolutions as free
-    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
-
-
 def _onednn_convs(model: nn.Module) -> None:
     for m in model.modules():
-        if type(m) is nn.Conv2d and m.padding_mode == "zeros":
+        if is_plain_conv(m):
             m.__class__ = OneDNNConv2d  # same parameters and buffers, another forward
 
 
 def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
     conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-    if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):  # DCN convs are left as they are
+    if is_plain_conv(conv) and isinstance(bn, nn.BatchNorm2d):  # DCN convs are left as they are
         setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
         setattr(parent, bn_name, nn.Identity())
 
@@ -71,7 +47,7 @@ def fuse_for_inference(model: GFL) -> GFL:
             for c, b in _PAIRS:
                 _fold(block, c, b)
             ds = getattr(block, "downsample", None)
-            if (isinstance(ds, nn.Sequential) and len(ds) == 2 and type(ds[0]) is nn.Conv2d
+            if (isinstance(ds, nn.Sequential) and len(ds) == 2 and is_plain_conv(ds[0])
                     and isinstance(ds[1], nn.BatchNorm2d)):
                 ds[0] = fuse_conv_bn_eval(ds[0], ds[1])
                 ds[1] = nn.Identity()

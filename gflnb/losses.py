@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import pmath
 from .boxes import generalized_iou
 
 # mmdet divides by (avg_factor + float32 eps) regardless of the loss dtype.
@@ -124,9 +125,9 @@ def quality_focal_loss_log(log_probs: Tensor, labels: Tensor, scores: Tensor, be
     target = qfl_soft_target(lp, labels, scores)
     with torch.autocast(device_type=lp.device.type, enabled=False):
         # clamp below 0 so that expm1 never returns 0 (log 0 would make a 0 * inf gradient)
-        log1m = torch.log(-torch.expm1(lp.clamp(max=-torch.finfo(lp.dtype).tiny)))
+        log1m = pmath.log(-torch.expm1(lp.clamp(max=-torch.finfo(lp.dtype).tiny)))
         bce = -(target * lp + (1 - target) * log1m)
-        return (bce * (lp.exp() - target).abs().pow(beta)).sum(dim=1)
+        return (bce * (pmath.exp(lp) - target).abs().pow(beta)).sum(dim=1)
 
 
 def kl_box_loss(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:
@@ -136,7 +137,7 @@ def kl_box_loss(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:
     of beta 1 (``d^2/2`` below 1, ``|d| - 1/2`` above), the constants of the KL dropped as there.
     Element-wise on equal shapes (``[P, 4]``); it can be negative where the variance is small.
     """
-    return torch.exp(-log_var) * F.smooth_l1_loss(mean, target, reduction="none", beta=1.0) + log_var / 2
+    return pmath.exp(-log_var) * F.smooth_l1_loss(mean, target, reduction="none", beta=1.0) + log_var / 2
 
 
 def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import dist
+from . import dist, pmath
 from .config import QUALITIES, ConfigError
 from .losses import AVG_EPS, _QualityFocal, qfl_soft_target, quality_focal_loss_log, sigmoid_focal_loss
 
@@ -59,7 +59,7 @@ def centerness_target(points: Tensor, boxes: Tensor) -> Tensor:
     bottom = boxes[:, 3] - points[:, 1]
     lr = torch.stack([left, right], dim=1)  # [P, 2]
     tb = torch.stack([top, bottom], dim=1)  # [P, 2]
-    return torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
+    return pmath.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
 
 
 def dgqp_features(reg: Tensor, reg_max: int, topk: int = 4) -> Tensor:
