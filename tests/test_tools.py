@@ -1,4 +1,4 @@
-"""``make tools`` installs only what is missing, each in its own apt transaction (apt-get replaced by a recorder)."""
+"""``make tools`` (chromium, qemu-user, npm) installs only what is missing, each in its own apt transaction (apt-get replaced by a recorder)."""
 import os
 import shutil
 import subprocess
@@ -38,7 +38,7 @@ def _make_tools(tmp: Path, have: tuple[str, ...], apt_fails: bool = False):
 
 
 def test_npm_present_chromium_missing_asks_apt_for_chromium_only(tmp_path):
-    p, installs = _make_tools(tmp_path, have=("npm",))
+    p, installs = _make_tools(tmp_path, have=("npm", "qemu-x86_64"))
     assert p.returncode == 0, p.stderr
     assert installs == ["install -y -qq chromium"]
 
@@ -46,15 +46,16 @@ def test_npm_present_chromium_missing_asks_apt_for_chromium_only(tmp_path):
 def test_each_missing_tool_is_its_own_transaction(tmp_path):
     p, installs = _make_tools(tmp_path, have=())
     assert p.returncode == 0, p.stderr
-    assert installs == ["install -y -qq chromium", "install -y -qq npm"]
+    assert installs == ["install -y -qq chromium", "install -y -qq qemu-user", "install -y -qq npm"]
 
 
 def test_nothing_missing_installs_nothing(tmp_path):
-    p, installs = _make_tools(tmp_path, have=("npm", "chromium"))
+    p, installs = _make_tools(tmp_path, have=("npm", "chromium", "qemu-x86_64"))
     assert p.returncode == 0 and installs == []
 
 
-@pytest.mark.parametrize("have, pkg", [(("npm",), "chromium"), (("chromium",), "npm")])
+@pytest.mark.parametrize("have, pkg", [(("npm", "qemu-x86_64"), "chromium"), (("chromium", "qemu-x86_64"), "npm"),
+                                       (("npm", "chromium"), "qemu-user")])
 def test_a_failed_install_names_what_failed_and_what_to_do(tmp_path, have, pkg):
     p, installs = _make_tools(tmp_path, have=have, apt_fails=True)
     assert p.returncode != 0
