@@ -189,7 +189,8 @@ else:
 # %% tags=["hide-input"]
 claims = ablation.claim_table(df)
 counts = ablation.verdict_counts(claims)
-show = claims.assign(**{"paper Δ AP": claims["paper_diff"], "here Δ AP": claims["diff"].round(2),
+show = claims.assign(**{"paper Δ AP": claims["paper_diff"],
+                        "here Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in claims["diff"]],
                         "95% interval": [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else "–"
                                          for a, b in zip(claims["lo"], claims["hi"])],
                         "n (better/worse)": [f"{a}/{b}" for a, b in zip(claims["n_better"], claims["n_worse"])],
