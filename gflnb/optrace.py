@@ -31,6 +31,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 FORMAT = 1
 # outputs that are uninitialized memory: their bytes are whatever the allocator left there
@@ -44,7 +45,9 @@ def digest(t: torch.Tensor) -> str:
         t = t.cpu()
     if t.is_sparse or t.is_quantized or t.is_meta:
         return "?"
-    flat = t.reshape(-1).clone(memory_format=torch.contiguous_format)  # size-1 dims may keep odd strides
+    flat = t.reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:  # a view, or one element with its parent's stride
+        flat = flat.clone(memory_format=torch.contiguous_format)
     b = flat.view(torch.uint8).numpy().tobytes() if t.numel() else b""
     h = hashlib.blake2b(b, digest_size=6)
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
@@ -52,13 +55,7 @@ def digest(t: torch.Tensor) -> str:
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
-    return []
+    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
 
 
 @dataclass
