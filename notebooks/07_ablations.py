@@ -195,8 +195,9 @@ show = claims.assign(**{"paper Δ AP": claims["paper_diff"],
                                          for a, b in zip(claims["lo"], claims["hi"])],
                         "n (better/worse)": [f"{a}/{b}" for a, b in zip(claims["n_better"], claims["n_worse"])],
                         "Holm": claims["holm_verdict"]})
-display(show[["claim", "table", "better", "worse", "paper Δ AP", "here Δ AP", "95% interval", "n (better/worse)",
-              "verdict", "Holm", "why"]].set_index("claim"))
+# the verdicts next to the numbers they follow from, so the page shows them without scrolling sideways
+display(show[["claim", "table", "paper Δ AP", "here Δ AP", "95% interval", "verdict", "Holm", "n (better/worse)",
+              "better", "worse", "why"]].set_index("claim"))
 fig = viz.plot_claims(claims, ablation.CONFIDENCE)
 print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {counts['not_resolved']} "
       f"of {len(claims)} claims")
