@@ -373,15 +373,84 @@ def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 
+def longer_schedules(grid: dict[str, Any]) -> dict[str, str]:
+    """The grid's variants that belong to no paper table and extend one that does, by name
+    (``gfl_24e`` extends ``gfl``): ``{longer: base}``, in the grid's order."""
+    variants = grid.get("variants") or {}
+    out = {}
+    for e, spec in variants.items():
+        if (spec or {}).get("tables"):
+            continue
+        base = [v for v in variants if v != e and e.startswith(v + "_")]
+        if base:
+            out[e] = max(base, key=len)  # the longest prefix: its closest relative
+    return out
+
+
 def curve_panels(grid: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
     """The learning-curve figure's panels: one per paper table (its rows), then one for the grid's
     variants that belong to no table (the longer schedules) beside the table rows they extend."""
     panels = {tid: (t["title"].split(":")[0], list(t["rows"])) for tid, t in paper.TABLES.items()}
-    extra = [v for v, spec in (grid.get("variants") or {}).items() if not (spec or {}).get("tables")]
-    if extra:
-        base = [v for v in (grid.get("variants") or {}) if any(v != e and e.startswith(v + "_") for e in extra)]
-        panels["schedule"] = ("Longer schedules", base + extra)
+    longer = longer_schedules(grid)
+    if longer:
+        base = [v for v in (grid.get("variants") or {}) if v in set(longer.values())]
+        panels["schedule"] = ("Longer schedules", base + list(longer))
     return panels
+
+
+def _epochs_of(grid: dict[str, Any], variant: str) -> Optional[int]:
+    own = ((grid.get("variants") or {}).get(variant) or {}).get("parameters") or {}
+    e = own.get("epochs", (grid.get("parameters") or {}).get("epochs"))
+    return None if e is None else int(e)
+
+
+def schedule_gains(df: pd.DataFrame, grid: dict[str, Any], curves: Optional[pd.DataFrame] = None,
+                   confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """How far the grid's schedule is from a plateau: per longer-schedule variant
+    (:func:`longer_schedules`), its final AP minus its base's as :func:`compare` over seeds (``holds``:
+    the longer schedule is better, so the base stopped short of a plateau), and, with ``curves``,
+    ``last_gain``: the mean over seeds of what the longer run gained over its last evaluation interval
+    (from epoch ``last_from``), near 0 at a plateau. Columns ``variant, base, epochs, base_epochs,
+    AP, base_AP, diff, lo, hi, n_better, n_worse, verdict, last_from, last_gain``."""
+    ok = ok_rows(df)
+    rows = []
+    for v, b in longer_schedules(grid).items():
+        a, w = ok.loc[ok["variant"] == v, "AP"].tolist(), ok.loc[ok["variant"] == b, "AP"].tolist()
+        r = compare(a, w, confidence)
+        last_from, last_gain = None, math.nan
+        if curves is not None and len(curves):
+            c = curves[curves["variant"] == v].pivot_table(index="seed", columns="epoch", values="AP")
+            if c.shape[1] >= 2:
+                e0, e1 = c.columns[-2], c.columns[-1]
+                last_from, last_gain = int(e0), float((c[e1] - c[e0]).mean())
+        rows.append(dict(variant=v, base=b, epochs=_epochs_of(grid, v), base_epochs=_epochs_of(grid, b),
+                         AP=float(np.mean(a)) if a else math.nan, base_AP=float(np.mean(w)) if w else math.nan,
+                         diff=r["diff"], lo=r["lo"], hi=r["hi"], n_better=r["n_better"], n_worse=r["n_worse"],
+                         verdict=r["verdict"], last_from=last_from, last_gain=last_gain))
+    cols = ["variant", "base", "epochs", "base_epochs", "AP", "base_AP", "diff", "lo", "hi", "n_better", "n_worse",
+            "verdict", "last_from", "last_gain"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def schedule_sentences(gains: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+    """One sentence per :func:`schedule_gains` row whose two variants both have runs."""
+    out = []
+    for _, r in gains.iterrows():
+        if not np.isfinite(r["diff"]):
+            continue
+        ci = (f" [{r['lo']:+.2f}, {r['hi']:+.2f}]" if np.isfinite(r["lo"]) else " (one seed on a side: no interval)")
+        reading = {"holds": f"so {r['base_epochs']} epochs stop short of a plateau",
+                   "reversed": f"so the longer schedule ends below {r['base_epochs']} epochs",
+                   "not resolved": f"not resolved at {CONFIDENCE:.0%}: no evidence that {r['base_epochs']} epochs "
+                                   "stop short of a plateau"}[r["verdict"]]
+        tail = ""
+        if pd.notna(r["last_from"]) and np.isfinite(r["last_gain"]):
+            tail = (f"; over its last {int(r['epochs'] - r['last_from'])} epochs the longer run still moved "
+                    f"{r['last_gain']:+.2f} AP")
+        out.append(f"{labels.get(r['base'], r['base'])}: {r['epochs']} epochs give {r['AP']:.2f} AP against "
+                   f"{r['base_AP']:.2f} at {r['base_epochs']}, {r['diff']:+.2f}{ci} over {r['n_better']} and "
+                   f"{r['n_worse']} seeds, {reading}{tail}.")
+    return out
 
 
 def claims_by_epoch(curves: pd.DataFrame, claims: Sequence[dict[str, str]] = paper.CLAIMS,
@@ -492,11 +561,12 @@ def degenerate_runs(ok: pd.DataFrame, below: float = DEGENERATE_AP) -> pd.DataFr
 def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[str, Any]],
             labels: dict[str, str], ok: Optional[pd.DataFrame] = None,
             records: Optional[Sequence[dict[str, Any]]] = None,
-            by_epoch: Optional[pd.DataFrame] = None) -> list[str]:
+            by_epoch: Optional[pd.DataFrame] = None, schedule: Optional[pd.DataFrame] = None) -> list[str]:
     """Markdown bullets stating the verdicts, the Fig. 2 comparison and the run size, all from the
     numbers; with ``ok`` (the successful runs), also the runs that trained to nothing; with
     ``records``, Fig. 2's difference with its interval over seeds; with ``by_epoch``
-    (:func:`claims_by_epoch`), since when each reversed claim is reversed."""
+    (:func:`claims_by_epoch`), since when each reversed claim is reversed; with ``schedule``
+    (:func:`schedule_gains`), how far the schedule is from a plateau."""
     counts = verdict_counts(claims)
     h, r, u = counts["holds"], counts["reversed"], counts["not_resolved"]
     lines = [f"* Of the paper's {len(claims)} claims, {h} hold{'s' if h == 1 else ''}, {r} "
@@ -534,6 +604,10 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
             lines.append(f"* Stopped at epoch {half} instead of {last}, {len(fl)} of the verdicts would differ"
                          + (": " + "; ".join(f"{r['claim']} ({r['early']} then, {r['late']} at {last})"
                                              for _, r in fl.iterrows()) if len(fl) else "") + ".")
+    if schedule is not None and len(schedule):
+        sch = schedule_sentences(schedule, labels)
+        if sch:
+            lines.append("* Twice the schedule:\n" + "\n".join("  * " + s for s in sch))
     sel = claims[claims["verdict"] == "not resolved"] if not claims.empty else claims
     for why in ("within the seed spread", "fewer than 2 seeds", "not run"):
         part = sel[sel["why"] == why] if len(sel) else sel

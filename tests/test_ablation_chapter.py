@@ -199,6 +199,32 @@ def test_learning_curves_and_since_when_a_claim_is_reversed():
     assert set(ablation.learning_curves(recs, df)["variant"]) == {"qfl_dirac"}
 
 
+def test_twice_the_schedule_against_its_base_by_hand():
+    from scipy import stats
+    grid = dict(parameters=dict(epochs=12), variants=dict(
+        gfl=dict(tables=["2b"]), beta1=dict(tables=["1c"]), centerness_dfl=dict(tables=["2a"]),
+        gfl_24e=dict(tables=[], parameters=dict(epochs=24)), beta1_24e=dict(tables=[], parameters=dict(epochs=24))))
+    assert ablation.longer_schedules(grid) == {"gfl_24e": "gfl", "beta1_24e": "beta1"}
+    assert ablation.curve_panels(grid)["schedule"][1] == ["gfl", "beta1", "gfl_24e", "beta1_24e"]
+    df = pd.DataFrame(dict(variant=["gfl"] * 3 + ["gfl_24e"] * 3 + ["beta1"], seed=[0, 1, 2] * 2 + [0],
+                           status=["ok"] * 7, AP=[20.0, 21.0, 22.0, 24.0, 25.0, 26.0, 19.0]))
+    # the 24-epoch runs' last two evaluations: +0.5, +1.0 and +0.0 AP
+    curves = pd.DataFrame(dict(variant="gfl_24e", seed=[0, 0, 1, 1, 2, 2], epoch=[22, 24] * 3, iter=0,
+                               AP=[23.5, 24.0, 24.0, 25.0, 26.0, 26.0]))
+    gains = ablation.schedule_gains(df, grid, curves).set_index("variant")
+    r = gains.loc["gfl_24e"]
+    half = stats.t.ppf(0.975, 4) * math.sqrt(2 / 3)  # equal variances 1, 3 seeds a side: dof 4
+    assert (r["base"], r["epochs"], r["base_epochs"], r["AP"], r["base_AP"]) == ("gfl", 24, 12, 25.0, 21.0)
+    assert (r["diff"], r["lo"], r["hi"]) == (4.0, pytest.approx(4 - half), pytest.approx(4 + half))
+    assert r["verdict"] == "holds" and r["last_from"] == 22 and r["last_gain"] == pytest.approx(0.5)
+    assert math.isnan(gains.loc["beta1_24e", "diff"]) and gains.loc["beta1_24e", "n_worse"] == 1
+    [s] = ablation.schedule_sentences(gains.reset_index(), {"gfl": "GFL"})
+    assert s.startswith("GFL: 24 epochs give 25.00 AP against 21.00 at 12, +4.00 [")
+    assert "stop short of a plateau" in s and "last 2 epochs the longer run still moved +0.50 AP" in s
+    assert any("Twice the schedule" in x for x in ablation.learned(
+        ablation.claim_table(df), ablation.run_info(df, grid), {}, {}, schedule=gains.reset_index()))
+
+
 def test_fig2_difference_has_an_interval_over_seeds():
     def bg(frac, separate):
         return dict(quality="iou" if separate else "qfl", separate=separate, bg_outrank_frac=frac)
