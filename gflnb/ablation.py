@@ -443,6 +443,8 @@ def schedule_sentences(gains: pd.DataFrame, labels: dict[str, str]) -> list[str]
                    "reversed": f"so the longer schedule ends below {r['base_epochs']} epochs",
                    "not resolved": f"not resolved at {CONFIDENCE:.0%}: no evidence that {r['base_epochs']} epochs "
                                    "stop short of a plateau"}[r["verdict"]]
+        if min(r["n_better"], r["n_worse"]) < 2:
+            reading = "too few seeds for a verdict yet"
         tail = ""
         if pd.notna(r["last_from"]) and np.isfinite(r["last_gain"]):
             tail = (f"; over its last {int(r['epochs'] - r['last_from'])} epochs the longer run still moved "

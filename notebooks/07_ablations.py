@@ -189,8 +189,9 @@ if len(schedule) and np.isfinite(schedule["diff"]).any():
         "Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in schedule["diff"]],
         "95% interval": [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else "–" for a, b in zip(schedule["lo"], schedule["hi"])],
         "n (longer/base)": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
-        "reading": schedule["verdict"].map({"holds": "the longer is better", "reversed": "the longer is worse",
-                                            "not resolved": "not resolved"}),
+        "reading": [{"holds": "the longer is better", "reversed": "the longer is worse"}.get(v, "not resolved")
+                    if min(a, b) >= 2 else "fewer than 2 seeds"
+                    for v, a, b in zip(schedule["verdict"], schedule["n_better"], schedule["n_worse"])],
         "last interval's gain": [f"{x:+.2f} (from epoch {int(e)})" if np.isfinite(x) else "–"
                                  for x, e in zip(schedule["last_gain"], schedule["last_from"])]})
             [["longer", "epochs", "base_epochs", "AP, longer", "AP, base", "Δ AP", "95% interval", "reading",

@@ -221,6 +221,8 @@ def test_twice_the_schedule_against_its_base_by_hand():
     [s] = ablation.schedule_sentences(gains.reset_index(), {"gfl": "GFL"})
     assert s.startswith("GFL: 24 epochs give 25.00 AP against 21.00 at 12, +4.00 [")
     assert "stop short of a plateau" in s and "last 2 epochs the longer run still moved +0.50 AP" in s
+    one = gains.reset_index().assign(n_better=1, lo=math.nan, hi=math.nan, verdict="not resolved")
+    assert all("too few seeds for a verdict yet" in x for x in ablation.schedule_sentences(one, {}))
     assert any("Twice the schedule" in x for x in ablation.learned(
         ablation.claim_table(df), ablation.run_info(df, grid), {}, {}, schedule=gains.reset_index()))
 
