@@ -177,26 +177,26 @@ else:
 #
 # GFL and $\beta = 1$ also ran for twice the schedule (24 epochs, the learning rate dropped at
 # epochs 16 and 22, as mmdetection's 2x). The table compares their final AP with the 12-epoch
-# runs', with the same Welch interval as the claims below, and gives what the longer runs still
-# gained over their last evaluation interval: near 0 at a plateau.
+# runs', with the same Welch interval as the claims below (seeds: longer/base), and gives what the
+# longer runs still gained over their last evaluation interval, mean over seeds: near 0 at a plateau.
 
 # %% tags=["hide-input"]
 schedule = ablation.schedule_gains(df, g, curves)
 if len(schedule) and np.isfinite(schedule["diff"]).any():
-    display(schedule.assign(**{
-        "longer": [labels.get(v, v) for v in schedule["variant"]],
-        "AP, longer": schedule["AP"].round(2), "AP, base": schedule["base_AP"].round(2),
+    # few, short columns: the table fits the page without scrolling sideways
+    display(pd.DataFrame({
+        "longer schedule": [labels.get(v, v) for v in schedule["variant"]],
+        "AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["AP"], schedule["epochs"])],
+        "base AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["base_AP"], schedule["base_epochs"])],
         "Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in schedule["diff"]],
         "95% interval": [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else "–" for a, b in zip(schedule["lo"], schedule["hi"])],
-        "n (longer/base)": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
         "reading": [{"holds": "the longer is better", "reversed": "the longer is worse"}.get(v, "not resolved")
                     if min(a, b) >= 2 else "fewer than 2 seeds"
                     for v, a, b in zip(schedule["verdict"], schedule["n_better"], schedule["n_worse"])],
-        "last interval's gain": [f"{x:+.2f} (from epoch {int(e)})" if np.isfinite(x) else "–"
-                                 for x, e in zip(schedule["last_gain"], schedule["last_from"])]})
-            [["longer", "epochs", "base_epochs", "AP, longer", "AP, base", "Δ AP", "95% interval", "reading",
-              "n (longer/base)", "last interval's gain"]].set_index("longer")
-            .rename(columns={"epochs": "epochs, longer", "base_epochs": "epochs, base"}))
+        "seeds": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
+        "last interval": [f"{x:+.2f} ({int(e)}→{n})" if np.isfinite(x) else "–"
+                          for x, e, n in zip(schedule["last_gain"], schedule["last_from"], schedule["epochs"])],
+    }).set_index("longer schedule"))
 else:
     print("The longer schedules have not run yet (or their 12-epoch bases have not).")
 
