@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -188,6 +189,22 @@ def record_path(grid: Grid, p: Point) -> Path:
     return grid.out / "records" / f"{p.id}.json"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC = re.compile(r"^\s*((?:\w+\.)*[A-Z]\w*): \S")  # "TrainingDiverged: non-finite ...", "ValueError: ..."
+
+
+def failure_line(output: str) -> str:
+    """The line of a failed point's output that says why: the last ``Name: message`` of the
+    innermost traceback (papermill's own wrapper line carries no message, so it never wins), else the
+    last line that mentions an error, else the last line."""
+    lines = [_ANSI.sub("", ln).strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines if ln]
+    exc = [ln for ln in lines if _EXC.match(ln) and not ln.startswith("papermill.exceptions.")]
+    if exc:
+        return exc[-1]
+    return next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -290,9 +307,7 @@ def run_point(grid: Grid, p: Point) -> dict:
                starts=starts)
     try:
         if proc.returncode != 0:
-            lines = [ln for ln in (stderr + stdout).splitlines() if ln.strip()]
-            err = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
-            raise RuntimeError(f"exit {proc.returncode}: {err.strip()[:500]}")
+            raise RuntimeError(f"exit {proc.returncode}: {failure_line(stderr + stdout)[:500]}")
         m = json.loads(mp.read_text())
         rec.update(status="ok", error="", iterations=m["iterations"], metrics=m.get("metrics", {}),
                    machine=m.get("machine"), train_minutes=m.get("train_minutes"),

@@ -189,3 +189,14 @@ def test_the_chapter_renders_from_the_sweeps_table(swept):
             cwd=ROOT / "notebooks", timeout=300)
     rec = records(nb_out)
     assert len(rec) == 1
+
+
+def test_a_failed_points_error_is_the_line_that_says_why():
+    from gflnb.sweep import failure_line
+    # papermill's wrapper line has no message; the notebook's own exception (ANSI-coloured) does
+    out = ("Executing: 50%\nTraceback (most recent call last):\n"
+           "papermill.exceptions.PapermillExecutionError: \n-----\nException encountered at \"In [9]\":\n"
+           "\x1b[31mTrainingDiverged\x1b[39m: non-finite loss_cls at iteration 353 (epoch 3)\n")
+    assert failure_line(out) == "TrainingDiverged: non-finite loss_cls at iteration 353 (epoch 3)"
+    assert failure_line("ok\nan error without a traceback\nlast") == "an error without a traceback"
+    assert failure_line("just this") == "just this" and failure_line("") == ""
