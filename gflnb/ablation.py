@@ -393,7 +393,8 @@ def curve_panels(grid: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
     panels = {tid: (t["title"].split(":")[0], list(t["rows"])) for tid, t in paper.TABLES.items()}
     longer = longer_schedules(grid)
     if longer:
-        base = [v for v in (grid.get("variants") or {}) if v in set(longer.values())]
+        bases = set(longer.values())
+        base = [v for v in (grid.get("variants") or {}) if v in bases]
         panels["schedule"] = ("Longer schedules", base + list(longer))
     return panels
 
@@ -404,6 +405,10 @@ def _epochs_of(grid: dict[str, Any], variant: str) -> Optional[int]:
     return None if e is None else int(e)
 
 
+SCHEDULE_READINGS = {"holds": "the longer is better", "reversed": "the longer is worse",
+                     "not resolved": "not resolved", "fewer than 2 seeds": "fewer than 2 seeds"}
+
+
 def schedule_gains(df: pd.DataFrame, grid: dict[str, Any], curves: Optional[pd.DataFrame] = None,
                    confidence: float = CONFIDENCE) -> pd.DataFrame:
     """How far the grid's schedule is from a plateau: per longer-schedule variant
@@ -411,7 +416,8 @@ def schedule_gains(df: pd.DataFrame, grid: dict[str, Any], curves: Optional[pd.D
     the longer schedule is better, so the base stopped short of a plateau), and, with ``curves``,
     ``last_gain``: the mean over seeds of what the longer run gained over its last evaluation interval
     (from epoch ``last_from``), near 0 at a plateau. Columns ``variant, base, epochs, base_epochs,
-    AP, base_AP, diff, lo, hi, n_better, n_worse, verdict, last_from, last_gain``."""
+    AP, base_AP, diff, lo, hi, n_better, n_worse, verdict, reading, last_from, last_gain``, where
+    ``reading`` is one of :data:`SCHEDULE_READINGS` (the verdict, or too few seeds for one)."""
     ok = ok_rows(df)
     rows = []
     for v, b in longer_schedules(grid).items():
@@ -426,9 +432,11 @@ def schedule_gains(df: pd.DataFrame, grid: dict[str, Any], curves: Optional[pd.D
         rows.append(dict(variant=v, base=b, epochs=_epochs_of(grid, v), base_epochs=_epochs_of(grid, b),
                          AP=float(np.mean(a)) if a else math.nan, base_AP=float(np.mean(w)) if w else math.nan,
                          diff=r["diff"], lo=r["lo"], hi=r["hi"], n_better=r["n_better"], n_worse=r["n_worse"],
-                         verdict=r["verdict"], last_from=last_from, last_gain=last_gain))
+                         verdict=r["verdict"],
+                         reading=(r["verdict"] if min(r["n_better"], r["n_worse"]) >= 2 else "fewer than 2 seeds"),
+                         last_from=last_from, last_gain=last_gain))
     cols = ["variant", "base", "epochs", "base_epochs", "AP", "base_AP", "diff", "lo", "hi", "n_better", "n_worse",
-            "verdict", "last_from", "last_gain"]
+            "verdict", "reading", "last_from", "last_gain"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -442,9 +450,8 @@ def schedule_sentences(gains: pd.DataFrame, labels: dict[str, str]) -> list[str]
         reading = {"holds": f"so {r['base_epochs']} epochs stop short of a plateau",
                    "reversed": f"so the longer schedule ends below {r['base_epochs']} epochs",
                    "not resolved": f"not resolved at {CONFIDENCE:.0%}: no evidence that {r['base_epochs']} epochs "
-                                   "stop short of a plateau"}[r["verdict"]]
-        if min(r["n_better"], r["n_worse"]) < 2:
-            reading = "too few seeds for a verdict yet"
+                                   "stop short of a plateau",
+                   "fewer than 2 seeds": "too few seeds for a verdict yet"}[r["reading"]]
         tail = ""
         if pd.notna(r["last_from"]) and np.isfinite(r["last_gain"]):
             tail = (f"; over its last {int(r['epochs'] - r['last_from'])} epochs the longer run still moved "

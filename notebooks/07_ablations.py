@@ -190,9 +190,7 @@ if len(schedule) and np.isfinite(schedule["diff"]).any():
         "base AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["base_AP"], schedule["base_epochs"])],
         "Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in schedule["diff"]],
         "95% interval": [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else "–" for a, b in zip(schedule["lo"], schedule["hi"])],
-        "reading": [{"holds": "the longer is better", "reversed": "the longer is worse"}.get(v, "not resolved")
-                    if min(a, b) >= 2 else "fewer than 2 seeds"
-                    for v, a, b in zip(schedule["verdict"], schedule["n_better"], schedule["n_worse"])],
+        "reading": schedule["reading"].map(ablation.SCHEDULE_READINGS).to_numpy(),
         "seeds": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
         "last interval": [f"{x:+.2f} ({int(e)}→{n})" if np.isfinite(x) else "–"
                           for x, e, n in zip(schedule["last_gain"], schedule["last_from"], schedule["epochs"])],

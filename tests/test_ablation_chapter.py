@@ -216,12 +216,14 @@ def test_twice_the_schedule_against_its_base_by_hand():
     half = stats.t.ppf(0.975, 4) * math.sqrt(2 / 3)  # equal variances 1, 3 seeds a side: dof 4
     assert (r["base"], r["epochs"], r["base_epochs"], r["AP"], r["base_AP"]) == ("gfl", 24, 12, 25.0, 21.0)
     assert (r["diff"], r["lo"], r["hi"]) == (4.0, pytest.approx(4 - half), pytest.approx(4 + half))
-    assert r["verdict"] == "holds" and r["last_from"] == 22 and r["last_gain"] == pytest.approx(0.5)
+    assert r["verdict"] == r["reading"] == "holds" and r["last_from"] == 22 and r["last_gain"] == pytest.approx(0.5)
     assert math.isnan(gains.loc["beta1_24e", "diff"]) and gains.loc["beta1_24e", "n_worse"] == 1
+    assert gains.loc["beta1_24e", "reading"] == "fewer than 2 seeds"
     [s] = ablation.schedule_sentences(gains.reset_index(), {"gfl": "GFL"})
     assert s.startswith("GFL: 24 epochs give 25.00 AP against 21.00 at 12, +4.00 [")
     assert "stop short of a plateau" in s and "last 2 epochs the longer run still moved +0.50 AP" in s
-    one = gains.reset_index().assign(n_better=1, lo=math.nan, hi=math.nan, verdict="not resolved")
+    one = gains.reset_index().assign(n_better=1, lo=math.nan, hi=math.nan, verdict="not resolved",
+                                     reading="fewer than 2 seeds")
     assert all("too few seeds for a verdict yet" in x for x in ablation.schedule_sentences(one, {}))
     assert any("Twice the schedule" in x for x in ablation.learned(
         ablation.claim_table(df), ablation.run_info(df, grid), {}, {}, schedule=gains.reset_index()))
