@@ -16,6 +16,8 @@ Under ``out`` (the grid's folder by default):
                      paper's Fig. 2 (chapter 7), computed right after training in the point's own
                      task; while the point runs, status ``running`` with its executor, job or
                      task id, host, pid and start time
+  evals/ID.npz       where the grid has a test set (chapter 3's num_test): the point's detections on it
+                     matched image by image (gflnb/imagewise.py), for the bootstrap over images
   runs/ID/           checkpoints, log.jsonl, metrics.json (git-ignored)
   notebooks/ID.ipynb the executed notebook, the experiment's full record (git-ignored)
 
@@ -26,6 +28,7 @@ machine, a Dask cluster or Slurm, and how each tells a dead job).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -46,7 +49,7 @@ from tqdm import tqdm
 from .executors import SlurmOptions
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "status", "error", "iterations",
+COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "test_AP", "status", "error", "iterations",
            "command", "metrics_path", "record_path")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Variants whose records carry the background-anchor summary of the paper's Fig. 2 (chapter 7);
@@ -55,7 +58,8 @@ BACKGROUND_VARIANTS = ("gfl", "iou", "centerness", "dgqp", "qfl_dirac")
 # Notebook parameters a variant may not set: the sweep sets the first three per point, and the data
 # ones are generated once for every point before they start
 RESERVED_PARAMETERS = ("seed", "work_dir", "overrides", "data_root", "num_train", "num_val", "data_seed",
-                       "data_version", "train_ann", "train_images", "val_ann", "val_images")
+                       "data_version", "train_ann", "train_images", "val_ann", "val_images", "num_test", "test_seed",
+                       "test_ann", "test_images")
 
 
 class GridError(ValueError):
@@ -189,6 +193,23 @@ def record_path(grid: Grid, p: Point) -> Path:
     return grid.out / "records" / f"{p.id}.json"
 
 
+def evals_path(grid: Grid, p: Point) -> Path:
+    return grid.out / "evals" / f"{p.id}.npz"
+
+
+def _write_matches(grid: Grid, p: Point, test: dict) -> None:
+    """The point's test-set detections reduced to what AP needs image by image (committed, where the
+    detections themselves stay in the git-ignored run folder)."""
+    from pycocotools.coco import COCO
+
+    from .imagewise import match_images
+    ann = (grid.notebook.parent / test["ann"]).resolve()  # as the notebook read it, from its folder
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+    results = json.loads((grid.out / "runs" / p.id / "test_results.json").read_text())
+    match_images(gt, results).save(evals_path(grid, p))
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXC = re.compile(r"^\s*((?:\w+\.)*[A-Z]\w*): \S")  # "TrainingDiverged: non-finite ...", "ValueError: ..."
 
@@ -314,6 +335,9 @@ def run_point(grid: Grid, p: Point) -> dict:
                    # the learning curve: AP (and its siblings) after every eval_every epochs
                    eval_history=[{k: e[k] for k in ("epoch", "iter", *AP_KEYS) if k in e}
                                  for e in m.get("eval_history", [])])
+        if "test" in m:  # the held-out set's AP, and its detections image by image for the bootstrap
+            rec.update(test_metrics=m["test"]["metrics"], test_images=m["test"]["num_images"])
+            _write_matches(grid, p, m["test"])
     except Exception as e:  # a failed point is recorded and the sweep goes on
         rec.update(status="failed", error=str(e).replace("\n", " ")[:500])
     if rec["status"] == "ok" and p.variant in BACKGROUND_VARIANTS:
@@ -360,6 +384,8 @@ def _row(grid: Grid, p: Point, rec: Optional[dict]) -> dict:
     for k in AP_KEYS:
         v = rec.get("metrics", {}).get(k)
         row[k] = "" if v is None else f"{v:.2f}"
+    v = rec.get("test_metrics", {}).get("AP")
+    row["test_AP"] = "" if v is None else f"{v:.2f}"
     return row
 
 
@@ -418,6 +444,12 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
         ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
                        par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
                        version=par.get("data_version", LATEST_VERSION))
+        if par.get("num_test") and not par.get("test_ann"):  # the held-out set, likewise once
+            from .synth import test_set_root
+            version = par.get("data_version", LATEST_VERSION)
+            ensure_dataset((grid.notebook.parent / test_set_root(version, par["num_test"], par.get("test_seed", 7)))
+                           .resolve(), 0, par["num_test"], seed=par.get("test_seed", 7), progress=progress,
+                           version=version)
     failed = 0
     lock = threading.Lock()
     bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,

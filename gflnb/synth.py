@@ -313,3 +313,10 @@ def ensure_dataset(root: str | Path, num_train: int, num_val: int, seed: int = 0
     make_dataset(root, num_train, num_val, seed, progress, version)
     stamp.write_text(json.dumps(want))
     return root
+
+
+def test_set_root(version: int, num: int, seed: int) -> str:
+    """Where chapter 3 keeps a held-out test set of ``num`` images drawn with ``seed`` (relative to
+    ``notebooks/``, like its ``data_root``): a set of its own, never the training set's val split, so
+    that its images are new whatever seed the training set used. Its images are its ``val`` split."""
+    return f"../data/synth_v{version}_test{num}_s{seed}"

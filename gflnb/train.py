@@ -52,6 +52,10 @@ class TrainOptions:
     keep_epoch_checkpoints: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact reruns
     eval_every: int = 0  # also evaluate on the validation set every N epochs (0: only at the end)
+    # a held-out test set, evaluated once, after the last epoch, with the weights the validation set saw:
+    # large enough that sampling images is a small part of a run's spread (experiments/ablations/pilot)
+    test_ann: Optional[str] = None
+    test_images: Optional[str] = None
     tensorboard: bool = True  # also write log.jsonl's numbers as TensorBoard scalars (gflnb/tblog.py)
 
 
@@ -225,6 +229,8 @@ def _load_data(cfg: GFLConfig, opts: TrainOptions, main: bool) -> tuple[CocoDete
     if main and opts.val_ann and opts.val_images:
         val_ds = CocoDetection(opts.val_ann, opts.val_images, cfg, train=False)
         val_ds.check_images()
+    if main and opts.test_ann and opts.test_images:  # checked now, not after hours of training
+        CocoDetection(opts.test_ann, opts.test_images, cfg, train=False).check_images()
     return train_ds, val_ds
 
 
@@ -440,6 +446,13 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
             res = evaluate_epoch(run, run.work / "val_results.json")
             metrics.update(res.to_dict())
             print(format_table(res, f"{cfg.name} on {opts.val_ann}"))
+        if run.main and opts.test_ann and opts.test_images and stop_reason == "finished":
+            from .evaluate import evaluate_model, format_table
+            test_ds = CocoDetection(opts.test_ann, opts.test_images, cfg, train=False)
+            res = evaluate_model(run.eval_model, test_ds, run.device, opts.eval_batch_size,
+                                 run.work / "test_results.json", opts.progress)
+            metrics["test"] = dict(**res.to_dict(), ann=str(opts.test_ann), num_images=len(test_ds))
+            print(format_table(res, f"{cfg.name} on {opts.test_ann}"))
         metrics["eval_history"] = state["eval_history"]
     finally:
         if run.log is not None:

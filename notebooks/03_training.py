@@ -50,6 +50,10 @@ device = "auto"
 seed = 0  # the training seed (initial weights, batch order, augmentation)
 data_seed = 0  # the synthetic set's seed: fixed while sweeps vary the training seed
 data_version = 2  # the synthetic set's generator version (gflnb.synth.VERSIONS; 1: the ablation sweep's)
+num_test = 0  # a held-out synthetic test set, evaluated once at the end (0: none)
+test_seed = 7  # the test set's generator seed: images the training and validation sets never show
+test_ann = ""  # COCO-format test annotations (instead of the synthetic test set)
+test_images = ""
 
 # %% tags=["hide-input"]
 from gflnb import nbtools as nb
@@ -65,6 +69,8 @@ nb.check("device", device, str, lambda v: v in ("auto", "cpu", "cuda") or v.star
 nb.check("seed", seed, int)
 nb.check("data_seed", data_seed, int)
 nb.check("data_version", data_version, int)
+nb.check("num_test", num_test, int, lambda v: v >= 0, "must be 0 (no test set) or a positive integer")
+nb.check("test_seed", test_seed, int)
 
 import json
 from pathlib import Path
@@ -78,7 +84,7 @@ from gflnb.config import get_config
 from gflnb.data import CocoDetection, ann_stats
 from gflnb.machine import describe, machine_info
 from gflnb.preprocess import load_image
-from gflnb.synth import dataset_paths, ensure_dataset
+from gflnb.synth import dataset_paths, ensure_dataset, test_set_root
 from gflnb.train import TrainOptions, train
 
 viz.setup()
@@ -87,6 +93,10 @@ if not train_ann:
     ensure_dataset(data_root, num_train, num_val, seed=data_seed, progress=False, version=data_version)
     train_ann, train_images = (str(p) for p in dataset_paths(data_root, "train"))
     val_ann, val_images = (str(p) for p in dataset_paths(data_root, "val"))
+if num_test and not test_ann:
+    test_root = test_set_root(data_version, num_test, test_seed)
+    ensure_dataset(test_root, 0, num_test, seed=test_seed, progress=False, version=data_version)
+    test_ann, test_images = (str(p) for p in dataset_paths(test_root, "val"))
 stats = ann_stats(train_ann)
 print(f"training data: {stats['num_images']} images, {stats['num_annotations']} boxes, "
       f"{stats['num_classes']} classes ({train_ann})")
@@ -130,10 +140,11 @@ for ax, rec in zip(axes, ds.records[:4]):
 
 # %%
 opts = TrainOptions(train_ann, train_images, work_dir, val_ann or None, val_images or None,
-                    max_minutes=max_minutes or None, device=device, progress=False, eval_every=eval_every)
+                    max_minutes=max_minutes or None, device=device, progress=False, eval_every=eval_every,
+                    test_ann=test_ann or None, test_images=test_images or None)
 metrics = train(cfg, opts)
 machine = machine_info()
-print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "test")}, indent=1))
 print(f"{metrics['iterations']} iterations in {metrics['train_minutes']:.2f} min on {describe(machine)}")
 
 # %% [markdown]
@@ -170,4 +181,5 @@ ap = metrics.get("metrics", {})
 nb.record(chapter="training", config=cfg.name, max_minutes=max_minutes, iterations=metrics["iterations"],
           train_minutes=metrics["train_minutes"], checkpoint=checkpoint, AP=ap.get("AP"), AP50=ap.get("AP50"),
           imgs_per_s=float(log["imgs_per_s"].median()), machine=describe(machine),
+          test_AP=metrics.get("test", {}).get("metrics", {}).get("AP"),
           eval_history=[dict(epoch=e["epoch"], AP=e.get("AP")) for e in metrics.get("eval_history", [])])
