@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from . import paper
+from .stats import CONFIDENCE, _values, holm, welch
 
-CONFIDENCE = 0.95
 VERDICTS = ("holds", "reversed", "not resolved")
 RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
         "with the Welch-Satterthwaite degrees of freedom, from the per-seed values) lies above 0 in the "
@@ -36,27 +36,6 @@ AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # ------------------------------------------------------------------ the verdict rule
 def _verdict(lo: float, hi: float) -> str:
     return "holds" if lo > 0 else "reversed" if hi < 0 else "not resolved"
-
-
-def _values(x: Sequence[float]) -> np.ndarray:
-    return np.asarray([v for v in x if v is not None and np.isfinite(v)], np.float64)
-
-
-def welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, float]:
-    """``dict(diff, se, dof, lo, hi, p)`` of ``mean(a) - mean(b)`` (at least 2 values a side).
-
-    With no spread on either side (``se = 0``) the interval is the difference itself, and ``p`` is 0
-    where the means differ and 1 where they do not.
-    """
-    from scipy import stats
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff, se = float(a.mean() - b.mean()), math.sqrt(va + vb)
-    if se == 0:
-        return dict(diff=diff, se=0.0, dof=math.inf, lo=diff, hi=diff, p=0.0 if diff != 0 else 1.0)
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
-    return dict(diff=diff, se=se, dof=float(dof), lo=diff - half, hi=diff + half,
-                p=float(2 * stats.t.sf(abs(diff) / se, dof)))
 
 
 def compare(better: Sequence[float], worse: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
@@ -96,18 +75,6 @@ def seeds_needed(better: Sequence[float], worse: Sequence[float], confidence: fl
         if float(stats.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(va + vb) < d:
             return n
     return None
-
-
-def holm(p: Sequence[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
-    """Holm's step-down: which p-values are rejected with the family-wise error rate kept at ``alpha``.
-    NaN p-values (claims without two seeds a side) are neither tested nor counted."""
-    order = sorted((i for i, x in enumerate(p) if np.isfinite(x)), key=lambda i: p[i])
-    rejected = [False] * len(p)
-    for rank, i in enumerate(order):
-        if p[i] > alpha / (len(order) - rank):
-            break
-        rejected[i] = True
-    return rejected
 
 
 # ------------------------------------------------------------------ reading the sweep

@@ -21,8 +21,10 @@
 # design row for row, with the same factor held fixed as in each of the paper's tables
 # (`gflnb/paper.py` cites them): 21 variants, each trained with three seeds by chapter 3's
 # notebook on the book's synthetic set, for the preset's full 12 epochs, with validation AP every
-# 2 epochs (`gflnb sweep experiments/ablations/grid.yaml`, one papermill run per variant and seed).
-# It trains nothing itself.
+# 2 epochs (`experiments/ablations/v2_12epochs/`, one papermill run per variant and seed). It
+# trains nothing itself. The plateau sweep that replaces it (24 epochs, 2,000 held-out images,
+# seeds sized by a pilot: `experiments/ablations/pilot.md`) is running; this chapter moves to it when
+# it is complete.
 #
 # A difference of a few tenths of AP, as in most of the paper's rows, is within what another seed
 # changes on a small set. So each claim gets a 95% confidence interval over seeds, and a verdict
@@ -33,9 +35,9 @@
 # score cannot.
 
 # %% tags=["parameters"]
-results_csv = "../experiments/ablations/results.csv"  # written by gflnb sweep
-grid = "../experiments/ablations/grid.yaml"  # variant names, labels and the shared run parameters
-records_dir = "../experiments/ablations/records"  # one JSON record per run (Fig. 2 summaries)
+results_csv = "../experiments/ablations/v2_12epochs/results.csv"  # written by gflnb sweep
+grid = "../experiments/ablations/v2_12epochs/grid.yaml"  # variant names, labels and the shared run parameters
+records_dir = "../experiments/ablations/v2_12epochs/records"  # one JSON record per run (Fig. 2 summaries)
 
 # %% tags=["hide-input"]
 from gflnb import nbtools as nb

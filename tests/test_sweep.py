@@ -147,8 +147,25 @@ def test_a_variant_may_set_its_own_notebook_parameters(tmp_path):
             load_grid(grid)
 
 
-def test_the_committed_grid_is_the_papers_design():
+def test_the_plateau_grid_is_the_papers_design_at_24_epochs_on_a_held_out_set():
     g = load_grid(ROOT / "experiments" / "ablations" / "grid.yaml")
+    assert len(g.seeds) >= 5 and g.seeds == list(range(len(g.seeds)))
+    par = g.parameters
+    # every row on the schedule measured flat at its end (v2_12epochs' 24-epoch rows), and the final AP
+    # on 2,000 held-out images of their own
+    assert (par["epochs"], par["overrides"]) == (24, {"milestones": [16, 22]}) and "max_minutes" not in par
+    assert (par["data_version"], par["eval_every"], par["data_root"], par["num_val"]) == (2, 2, "../data/synth_v2", 200)
+    assert (par["num_test"], par["test_seed"]) == (2000, 7) and par["test_seed"] != par["data_seed"]
+    assert set(g.variants) == set(paper.DESIGN) - set(paper.GFLNB_ROWS) and len(g.variants) == 21
+    for name, v in g.variants.items():
+        assert "parameters" not in v and "milestones" not in v["overrides"], name
+        want = get_config("gfl_cpu_demo", **paper.DESIGN[name]["config"])
+        assert get_config("gfl_cpu_demo", **v["overrides"]) == want, name
+        assert set(v["tables"]) == {t for t, tab in paper.TABLES.items() if name in tab["rows"]}, name
+
+
+def test_the_12_epoch_grid_is_the_papers_design():
+    g = load_grid(ROOT / "experiments" / "ablations" / "v2_12epochs" / "grid.yaml")
     assert g.seeds == [0, 1, 2]
     par = g.parameters
     demo = get_config("gfl_cpu_demo")
