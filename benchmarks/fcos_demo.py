@@ -24,13 +24,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from tqdm import tqdm
 
-from gflnb.backbone import ResNet
+from gflnb.model.backbone import ResNet
 from gflnb.config import get_config, parse_set
-from gflnb.data import CocoDetection, epoch_batches, make_loader
-from gflnb.evaluate import evaluate_model, format_table
-from gflnb.neck import FPN
-from gflnb.synth import dataset_paths
-from gflnb.train import cpu_has_native_bf16, lr_at
+from gflnb.data.coco import CocoDetection, epoch_batches, make_loader
+from gflnb.engine.evaluate import evaluate_model, format_table
+from gflnb.model.neck import FPN
+from gflnb.data.synth import dataset_paths
+from gflnb.engine.train import cpu_has_native_bf16, lr_at
 
 FCOS_RECIPE = dict(base_channels=8, in_channels=(8, 16, 32, 64), out_channels=32, feat_channels=32,
                    norm_num_groups=16, octave_base_scale=4)

@@ -11,9 +11,9 @@ import gflnb  # noqa: F401  (first: the portable kernels are chosen before torch
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gflnb.analysis import load_model  # noqa: E402
-from gflnb.data import Collate, CocoDetection  # noqa: E402
-from gflnb.export import OnnxDetector, export_onnx  # noqa: E402
+from gflnb.chapters.analysis import load_model  # noqa: E402
+from gflnb.data.coco import Collate, CocoDetection  # noqa: E402
+from gflnb.engine.export import OnnxDetector, export_onnx  # noqa: E402
 
 
 def main() -> None:

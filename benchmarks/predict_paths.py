@@ -5,10 +5,10 @@ import sys
 
 import gflnb  # noqa: F401  (first: the portable kernels are chosen before torch loads)
 import torch  # noqa: E402
-from gflnb.benchmark import inference_setup, tv_infer, time_interleaved, med
-from gflnb.export import ort_predict_fn
-from gflnb.fuse import fuse_for_inference
-from gflnb.machine import describe, machine_info
+from gflnb.engine.benchmark import inference_setup, tv_infer, time_interleaved, med
+from gflnb.engine.export import ort_predict_fn
+from gflnb.model.fuse import fuse_for_inference
+from gflnb.numerics.machine import describe, machine_info
 print(describe(machine_info()), torch.__version__, torch.get_num_threads())
 for shape in [(512, 512), (800, 1333)]:
     model, x, meta = inference_setup("gfl_r50_fpn_1x_coco", shape, path="plain")

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gflnb.benchmark import markdown, run_suite  # noqa: E402
+from gflnb.engine.benchmark import markdown, run_suite  # noqa: E402
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """gflnb: Generalized Focal Loss (Li et al., NeurIPS 2020) faithful to mmdetection 3.3, in plain PyTorch."""
-from . import portable
+from .numerics import portable
 
-portable.apply()  # before torch picks its CPU kernels: the same numbers on every machine (gflnb/portable.py)
+portable.apply()  # before torch picks its CPU kernels: the same numbers on every machine (gflnb/numerics/portable.py)
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import PRESETS, ConfigError, GFLConfig, get_config
-from .detector import GFL, build_model
-from .head import GFLHead
-from . import fuse  # noqa: E402,F401  (registers the inference path's FLOP formula before any counter runs)
+from .model.detector import GFL, build_model
+from .model.head import GFLHead
+from .model import fuse  # noqa: E402,F401  (registers the inference path's FLOP formula before any counter runs)
 
 portable.check()
 
@@ -20,7 +20,7 @@ def __getattr__(name: str):
     # gflnb.explore on first use: the explorer brings OpenCV, pandas, seaborn and (through seaborn)
     # ipywidgets, which the package itself (training, evaluation) does without
     if name == "explore":
-        from .explorer import explore
+        from .chapters.explorer import explore
         globals()["explore"] = explore
         return explore
     raise AttributeError(f"module 'gflnb' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import pmath
+from .numerics import pmath
 from .boxes import aligned_iou
 
 # mmdet's -INF sentinel for the max_overlaps of anchors that are not positive.

@@ -38,14 +38,14 @@ _OLD_RECORD = "GFLNB_RECORD "  # the prefix of the line notebooks printed before
 
 
 def records(nb_path: str | Path) -> list[dict]:
-    """The run records (:func:`gflnb.nbtools.record`) of an executed notebook, in cell order.
+    """The run records (:func:`gflnb.chapters.nbtools.record`) of an executed notebook, in cell order.
 
     Also reads the ``GFLNB_RECORD {json}`` lines that notebooks executed before the record became a
     display output printed.
     """
     import nbformat
 
-    from .nbtools import RECORD_MIME
+    from .chapters.nbtools import RECORD_MIME
     nb = nbformat.read(str(nb_path), as_version=4)
     out = []
     for cell in nb.cells:

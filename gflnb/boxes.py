@@ -33,7 +33,7 @@ def integral(logits: Tensor, reg_max: int = 16) -> Tensor:
     # A product and a sum, not ``prob @ project``: on CPU a matrix-vector product goes to MKL's SGEMV,
     # which picks its code path by CPU vendor (MKL_CBWR cannot pin it on non-Intel CPUs), and was the
     # one term that differed between AMD and Intel at the first training step. ATen's own reduction
-    # runs the capped AVX2 kernel everywhere (gflnb/portable.py).
+    # runs the capped AVX2 kernel everywhere (gflnb/numerics/portable.py).
     return (prob * project).sum(dim=1).reshape(*lead, 4)
 
 

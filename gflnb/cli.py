@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-val", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--version", type=int, default=None,
-                   help="generator version (gflnb.synth.VERSIONS): 2 scales blur and occluders with the object "
+                   help="generator version (gflnb.data.synth.VERSIONS): 2 scales blur and occluders with the object "
                         "(the book's set); 1 is the ablation sweep's")
 
     t = sub.add_parser("train", help="train a preset on COCO-format data")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write the result here")
 
     x = sub.add_parser("export", help="the inference path as ONNX: backbone to decoded boxes and scores "
-                                      "(NMS: gflnb.export.postprocess)")
+                                      "(NMS: gflnb.engine.export.postprocess)")
     x.add_argument("--config", required=True, help="the preset the checkpoint was trained from")
     x.add_argument("--checkpoint", help="gflnb's or mmdetection's checkpoint")
     x.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights (for timing)")
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--no-progress", action="store_true")
     w.add_argument("--executor", default="local", metavar="WHERE",
                    help="local (threads here, the default), dask://HOST:PORT, slurm or submitit-local "
-                        "(gflnb/executors.py)")
+                        "(gflnb/study/executors.py)")
     w.add_argument("--partition", help="slurm: the partition")
     w.add_argument("--time", type=int, default=1440, metavar="MIN", help="slurm, submitit-local: a point's time limit")
     w.add_argument("--cpus-per-task", type=int, metavar="N", help="slurm: CPUs of a point's job")
@@ -109,8 +109,8 @@ def _overrides(items: Sequence[str]) -> dict:
 
 
 def _cmd_synth(a) -> None:
-    from .synth import make_dataset
-    from .synth import LATEST_VERSION
+    from .data.synth import make_dataset
+    from .data.synth import LATEST_VERSION
     paths = make_dataset(a.out, a.num_train, a.num_val, a.seed, version=a.version or LATEST_VERSION)
     for split, path in paths.items():
         print(f"{split}: {path}")
@@ -118,8 +118,8 @@ def _cmd_synth(a) -> None:
 
 def _cmd_train(a) -> None:
     from .config import get_config
-    from .data import ann_stats
-    from .train import TrainOptions, train
+    from .data.coco import ann_stats
+    from .engine.train import TrainOptions, train
     over = _overrides(a.set)
     over.setdefault("num_classes", ann_stats(a.train_ann)["num_classes"])
     cfg = get_config(a.config, **over)
@@ -135,12 +135,12 @@ def _cmd_train(a) -> None:
 def _cmd_evaluate(a) -> None:
     import torch
 
-    from .checkpoint import load_checkpoint, read_checkpoint
+    from .engine.checkpoint import load_checkpoint, read_checkpoint
     from .config import get_config
-    from .data import CocoDetection
-    from .detector import GFL
-    from .evaluate import evaluate_model, format_table
-    from .train import resolve_device
+    from .data.coco import CocoDetection
+    from .model.detector import GFL
+    from .engine.evaluate import evaluate_model, format_table
+    from .engine.train import resolve_device
     ck = read_checkpoint(a.checkpoint)
     over = _overrides(a.set)
     ds_cfg = get_config(a.config, **over)
@@ -157,8 +157,8 @@ def _cmd_evaluate(a) -> None:
 
 
 def _cmd_benchmark(a) -> None:
-    from .benchmark import benchmark_inference
-    from .machine import describe
+    from .engine.benchmark import benchmark_inference
+    from .numerics.machine import describe
     r = benchmark_inference(a.config, tuple(a.shape), a.device, a.warmup, a.runs, a.checkpoint, a.amp, a.path)
     where = r["device_name"] if a.device == "cuda" else describe(r)
     print(f"{r['config']} {r['shape'][0]}x{r['shape'][1]} (padded {r['padded'][0]}x{r['padded'][1]}), "
@@ -169,10 +169,10 @@ def _cmd_benchmark(a) -> None:
 
 
 def _cmd_export(a) -> None:
-    from .checkpoint import load_checkpoint, read_checkpoint
+    from .engine.checkpoint import load_checkpoint, read_checkpoint
     from .config import from_dict, get_config
-    from .detector import GFL
-    from .export import export_onnx
+    from .model.detector import GFL
+    from .engine.export import export_onnx
     if bool(a.checkpoint) == bool(a.random_weights):
         raise ValueError("give --checkpoint PATH, or --random-weights to export an untrained model")
     over = _overrides(a.set)
@@ -193,9 +193,9 @@ def _cmd_export(a) -> None:
 
 
 def _cmd_sweep(a) -> None:
-    from .executors import SlurmOptions
-    from .gridcheck import dry_run, parse_sets
-    from .sweep import GridError, load_grid, run_sweep
+    from .study.executors import SlurmOptions
+    from .study.gridcheck import dry_run, parse_sets
+    from .study.sweep import GridError, load_grid, run_sweep
     sets = parse_sets(a.set)
     if a.dry_run:
         grid = load_grid(a.grid, sets)
@@ -215,7 +215,7 @@ def _cmd_sweep(a) -> None:
 
 
 def _cmd_mlflow_import(a) -> None:
-    from .tracking import log_sweep_to_mlflow, resolve_sweep, store_uri
+    from .study.tracking import log_sweep_to_mlflow, resolve_sweep, store_uri
     n = log_sweep_to_mlflow(a.sweep)
     print(f"{n} runs imported (unchanged points skipped); "
           f"mlflow ui --backend-store-uri {store_uri(resolve_sweep(a.sweep)[0])}")
@@ -227,13 +227,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from .backbone import PretrainedWeightsError
-    from .checkpoint import CheckpointError
+    from .model.backbone import PretrainedWeightsError
+    from .engine.checkpoint import CheckpointError
     from .config import ConfigError
-    from .data import DataError
-    from .sweep import GridError
-    from .tracking import TrackingError
-    from .train import TrainingDiverged
+    from .data.coco import DataError
+    from .study.sweep import GridError
+    from .study.tracking import TrackingError
+    from .engine.train import TrainingDiverged
     warnings.simplefilter("default")
     warnings.showwarning = _show_warning
     known = (ConfigError, CheckpointError, DataError, PretrainedWeightsError, TrainingDiverged, GridError,

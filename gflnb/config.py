@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 # The paper's ablations (GFL_SPEC / PAPER_TABLES): the values of ``quality`` (Table 1a, plus
-# GFLv2's DGQP) and ``box`` (Table 2a). gflnb.quality and gflnb.boxcoder implement one each.
+# GFLv2's DGQP) and ``box`` (Table 2a). gflnb.model.quality and gflnb.model.box_repr implement one each.
 QUALITIES = ("none", "centerness", "iou", "centerness_guided", "iou_guided", "qfl", "dgqp")
 BOXES = ("dirac", "gaussian", "integral", "dfl")
 BINNED_BOXES = ("integral", "dfl")  # the boxes with a distribution over bins (DGQP, bin_interval)
@@ -63,8 +63,8 @@ class GFLConfig:
     loss_dfl_weight: float = 0.25
     # ---- ablated variants (defaults: GFL). Table 3's QFL x DFL grid is quality in {centerness, qfl}
     # x box in {dirac, dfl}; its "neither" row is ATSS as published (centerness branch, Dirac box).
-    quality: str = "qfl"  # none | centerness | iou | centerness_guided | iou_guided | qfl | dgqp (gflnb/quality.py)
-    box: str = "dfl"  # dirac | gaussian | integral | dfl (see gflnb/boxcoder.py)
+    quality: str = "qfl"  # none | centerness | iou | centerness_guided | iou_guided | qfl | dgqp (gflnb/model/quality.py)
+    box: str = "dfl"  # dirac | gaussian | integral | dfl (see gflnb/model/box_repr.py)
     bin_interval: float = 1.0  # Table 2c: width of the distribution's bins, in strides (integral/dfl)
     loss_quality_weight: float = 1.0  # BCE of a separate centerness/IoU branch (ATSS: 1.0)
     focal_alpha: float = 0.25  # focal loss of the variants without a joint score (RetinaNet/ATSS)
@@ -116,7 +116,7 @@ class GFLConfig:
     # Off by default: its numbers differ from fp32's and exist on some machines only.
     cpu_amp: bool = False
     # NHWC weights and activations, for training and inference (faster with oneDNN on CPU). gflnb's
-    # inference path (gflnb.fuse.inference_model) uses NHWC on CPU whatever this says.
+    # inference path (gflnb.model.fuse.inference_model) uses NHWC on CPU whatever this says.
     channels_last: bool = False
     seed: int = 0
 
@@ -138,7 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A small GFL trained from scratch on 2 CPU cores: 12 epochs of 1,000 synthetic images of
     # 256-320 px (1,500 iterations; ResNet-18 at 1/4 width, 3 FPN levels and a 2-conv head of 32
     # channels, anchors of 4x the stride, AdamW), in fp32 and NHWC on every machine, so its AP is the
-    # same everywhere (gflnb/portable.py). Epochs, not minutes: 12 keep `make book` within 15 minutes
+    # same everywhere (gflnb/numerics/portable.py). Epochs, not minutes: 12 keep `make book` within 15 minutes
     # on the slowest machine of this project's kind (Zen 3, AVX2 only). How the shape was found, under
     # a 5-minute budget on a faster machine: FPN/head 64 at 13 epochs gave 49.4 AP, anchors 4x the
     # stride instead of 8x 52.6 (octave 5: 52.2; reg_max 7: 49.7; lr 4e-3: 50.6; weight EMA: -1.1),

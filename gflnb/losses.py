@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import pmath
+from .numerics import pmath
 from .boxes import generalized_iou
 
 # mmdet divides by (avg_factor + float32 eps) regardless of the loss dtype.

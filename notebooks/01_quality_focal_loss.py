@@ -39,7 +39,7 @@ toy_samples = 4000  # anchors in the toy experiment
 seed = 0
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 
 nb.check("target_iou", target_iou, float, lambda v: 0 < v < 1, "must lie strictly between 0 and 1")
 nb.check("betas", betas, list, lambda v: len(v) > 0 and all(isinstance(b, (int, float)) and b > 0 for b in v),
@@ -51,10 +51,10 @@ nb.check("seed", seed, int)
 import numpy as np
 import torch
 
-from gflnb import viz
-from gflnb.analysis import correlation
+from gflnb.chapters import viz
+from gflnb.chapters.analysis import correlation
 from gflnb.losses import quality_focal_loss
-from gflnb.toy import compare
+from gflnb.chapters.toy import compare
 
 viz.setup()
 _ = torch.manual_seed(seed)

@@ -42,7 +42,7 @@ lr = 0.5  # step size of that descent
 seed = 0
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 
 nb.check("reg_max", reg_max, int, lambda v: 2 <= v <= 64, "must be an integer in [2, 64]")
 nb.check("target", target, float, lambda v: 0 <= v < reg_max - 0.1 + 1e-9, "must lie in [0, reg_max - 0.1]")
@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from gflnb import viz
+from gflnb.chapters import viz
 from gflnb.boxes import integral
 from gflnb.losses import distribution_focal_loss
 

@@ -49,14 +49,14 @@ work_dir = "../runs/chapter3"  # checkpoints, log.jsonl and metrics.json land he
 device = "auto"
 seed = 0  # the training seed (initial weights, batch order, augmentation)
 data_seed = 0  # the synthetic set's seed: fixed while sweeps vary the training seed
-data_version = 2  # the synthetic set's generator version (gflnb.synth.VERSIONS; 1: the ablation sweep's)
+data_version = 2  # the synthetic set's generator version (gflnb.data.synth.VERSIONS; 1: the ablation sweep's)
 num_test = 0  # a held-out synthetic test set, evaluated once at the end (0: none)
 test_seed = 7  # the test set's generator seed: images the training and validation sets never show
 test_ann = ""  # COCO-format test annotations (instead of the synthetic test set)
 test_images = ""
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 from gflnb.config import PRESETS
 
 nb.check("config", config, str, lambda v: v in PRESETS, f"must be one of {', '.join(PRESETS)}")
@@ -78,14 +78,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from gflnb import viz
-from gflnb.analysis import load_model, predict_images, read_log
+from gflnb.chapters import viz
+from gflnb.chapters.analysis import load_model, predict_images, read_log
 from gflnb.config import get_config
-from gflnb.data import CocoDetection, ann_stats
-from gflnb.machine import describe, machine_info
-from gflnb.preprocess import load_image
-from gflnb.synth import dataset_paths, ensure_dataset, test_set_root
-from gflnb.train import TrainOptions, train
+from gflnb.data.coco import CocoDetection, ann_stats
+from gflnb.numerics.machine import describe, machine_info
+from gflnb.data.preprocess import load_image
+from gflnb.data.synth import dataset_paths, ensure_dataset, test_set_root
+from gflnb.engine.train import TrainOptions, train
 
 viz.setup()
 if not train_ann:

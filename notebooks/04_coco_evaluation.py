@@ -38,8 +38,8 @@ device = "auto"
 results_file = "../runs/chapter4/results.json"
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
-from gflnb.analysis import SEED_RESULTS
+from gflnb.chapters import nbtools as nb
+from gflnb.chapters.analysis import SEED_RESULTS
 
 nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
 nb.check("config", config, str)
@@ -54,11 +54,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from gflnb import viz
-from gflnb.analysis import correlation, load_model
-from gflnb.data import CocoDetection, ann_stats
-from gflnb.evaluate import coco_eval, format_table, match_detections, predict_dataset
-from gflnb.train import resolve_device
+from gflnb.chapters import viz
+from gflnb.chapters.analysis import correlation, load_model
+from gflnb.data.coco import CocoDetection, ann_stats
+from gflnb.engine.evaluate import coco_eval, format_table, match_detections, predict_dataset
+from gflnb.engine.train import resolve_device
 
 viz.setup()
 dev = resolve_device(device)

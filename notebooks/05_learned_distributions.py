@@ -41,7 +41,7 @@ explore_image = 0  # the image the explorer starts on
 device = "cpu"
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 
 nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
 nb.check("max_images", max_images, int, nb.positive, "must be a positive integer")
@@ -55,9 +55,10 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown
 
-from gflnb import explore, spread, viz
-from gflnb.analysis import edge_table, load_model, object_view
-from gflnb.data import CocoDetection, ann_stats
+from gflnb import explore
+from gflnb.chapters import spread, viz
+from gflnb.chapters.analysis import edge_table, load_model, object_view
+from gflnb.data.coco import CocoDetection, ann_stats
 
 viz.setup()
 over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))

@@ -31,7 +31,7 @@ native_json = "../benchmarks/results/native/results.json"  # the same suite with
 quick = True  # when results_json is missing: the smoke version (512x512, few rounds)
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 
 nb.check("results_json", results_json, str)
 nb.check("native_json", native_json, str)
@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gflnb import viz
-from gflnb.benchmark import ONNX_ROW, markdown, run_suite
+from gflnb.chapters import viz
+from gflnb.engine.benchmark import ONNX_ROW, markdown, run_suite
 
 viz.setup()
 path = Path(results_json)
@@ -80,7 +80,7 @@ display(inf.round(3))
 #
 # `gflnb export` writes the inference path to ONNX: backbone, FPN and head, the softmax over the
 # bins, the Integral and the distance-to-box decode in the graph, with NMS as a small numpy step
-# after it (`gflnb/export.py`). The suite times it in onnxruntime, decode and NMS included, in the
+# after it (`gflnb/engine/export.py`). The suite times it in onnxruntime, decode and NMS included, in the
 # same interleaved rounds as the torch path (`GFL.predict`) and FCOS, with the same weights' shape.
 
 # %%
@@ -123,7 +123,7 @@ ax.set(ylabel="seconds (forward + backward)", title="losses at 22,400 anchors x 
 # ## The same suite with the CPU's own kernels
 #
 # By default gflnb caps torch's CPU kernels at AVX2 on every machine, so that training gives the
-# same numbers everywhere (`gflnb/portable.py`). `GFLNB_NATIVE_ISA=1` lifts the cap; on a CPU with
+# same numbers everywhere (`gflnb/numerics/portable.py`). `GFLNB_NATIVE_ISA=1` lifts the cap; on a CPU with
 # AVX-512 that is what the second run below measured. Each run's ratios come from its own interleaved
 # rounds; the two runs' seconds are from different processes, minutes apart.
 

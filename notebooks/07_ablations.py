@@ -19,7 +19,7 @@
 # the bins (Tables 2b and 2c), QFL with and without DFL (Table 3), and GFLv2's
 # Distribution-Guided Quality Predictor (DGQP). This chapter reads a sweep that follows that
 # design row for row, with the same factor held fixed as in each of the paper's tables
-# (`gflnb/paper.py` cites them): 21 variants, each trained with three seeds by chapter 3's
+# (`gflnb/study/paper.py` cites them): 21 variants, each trained with three seeds by chapter 3's
 # notebook on the book's synthetic set, for the preset's full 12 epochs, with validation AP every
 # 2 epochs (`experiments/ablations/v2_12epochs/`, one papermill run per variant and seed). It
 # trains nothing itself. The plateau sweep that replaces it (24 epochs, 2,000 held-out images,
@@ -40,7 +40,7 @@ grid = "../experiments/ablations/v2_12epochs/grid.yaml"  # variant names, labels
 records_dir = "../experiments/ablations/v2_12epochs/records"  # one JSON record per run (Fig. 2 summaries)
 
 # %% tags=["hide-input"]
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 
 nb.check("results_csv", results_csv, str, lambda v: len(v) > 0, "must name the sweep's results.csv")
 nb.check("grid", grid, str)
@@ -50,7 +50,8 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown
 
-from gflnb import ablation, paper, viz
+from gflnb.study import ablation, paper
+from gflnb.chapters import viz
 
 viz.setup()
 try:

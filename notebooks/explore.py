@@ -35,14 +35,14 @@ score_thr = 0.3  # the slider's starting value
 device = "cpu"
 
 # %%
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 
 nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
 nb.check("score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 from gflnb import explore
-from gflnb.analysis import load_model
-from gflnb.data import CocoDetection, ann_stats
+from gflnb.chapters.analysis import load_model
+from gflnb.data.coco import CocoDetection, ann_stats
 
 model = load_model(checkpoint, config or None, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
 ds = CocoDetection(ann, images, model.cfg, train=False)

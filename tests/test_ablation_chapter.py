@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from gflnb import ablation, build_model, paper
-from gflnb.analysis import anchor_scores, background_summary
-from gflnb.data import Collate, CocoDetection
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb import build_model
+from gflnb.study import ablation, paper
+from gflnb.chapters.analysis import anchor_scores, background_summary
+from gflnb.data.coco import Collate, CocoDetection
+from gflnb.data.synth import dataset_paths, make_dataset
 
 SUMMARY_KEYS = {"quality", "separate", "images", "anchors", "background", "positive", "bg_iou", "pos_iou", "bins",
                 "pos_median_score", "bg_outrank_count", "bg_outrank_frac", "ranking_auc", "bg_score_q", "pos_score_q",

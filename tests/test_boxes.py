@@ -19,7 +19,7 @@ def test_integral_matches_reference(i):
 def test_integral_head_layout_and_project():
     fmap = INTEGRAL["fmap_68xHxW"]
     assert_close(integral(fmap.permute(1, 2, 0)).reshape(-1, 4), INTEGRAL["fmap_out_HWx4"])
-    from gflnb.head import Integral
+    from gflnb.model.head import Integral
     assert torch.equal(Integral(16).project, INTEGRAL["project"])
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gflnb.config import get_config
-from gflnb.data import CocoDetection, DataError, epoch_batches
+from gflnb.data.coco import CocoDetection, DataError, epoch_batches
 
 
 def write_coco(tmp_path, images, anns, cats):

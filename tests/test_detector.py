@@ -229,7 +229,7 @@ def test_norm_eval_and_frozen_stages():
 
 
 def test_dcn_starts_as_plain_conv():
-    from gflnb.backbone import DeformConv2dPack
+    from gflnb.model.backbone import DeformConv2dPack
     torch.manual_seed(0)
     d = DeformConv2dPack(8, 16, 3, stride=2, padding=1)
     x = torch.randn(1, 8, 13, 17)
@@ -239,7 +239,7 @@ def test_dcn_starts_as_plain_conv():
 
 
 def test_pretrained_weights_unavailable_is_one_clear_error(tmp_path):
-    from gflnb.backbone import PretrainedWeightsError
+    from gflnb.model.backbone import PretrainedWeightsError
     m = build_model("gfl_r18_fpn_1x_coco", pretrained_backbone=str(tmp_path / "missing.pth"))
     with pytest.raises(PretrainedWeightsError, match="cannot load ImageNet weights.*missing.pth") as e:
         m.init_weights()
@@ -306,7 +306,7 @@ def _matches_reference_run(model):
 
 
 def test_inference_path_matches_the_reference(r18):
-    from gflnb.fuse import inference_model
+    from gflnb.model.fuse import inference_model
     fast = inference_model(r18, "cpu")
     assert fast._nhwc and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())
     assert not r18._nhwc and r18.backbone.conv1.weight.is_contiguous()  # the original is untouched
@@ -315,7 +315,7 @@ def test_inference_path_matches_the_reference(r18):
 
 
 def test_bn_folding_matches_and_leaves_the_original(r18):
-    from gflnb.fuse import fuse_for_inference
+    from gflnb.model.fuse import fuse_for_inference
     fused = fuse_for_inference(r18)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbone.modules())
     assert "backbone.bn1.weight" in r18.state_dict()  # the original keeps mmdet's keys
@@ -404,7 +404,7 @@ def test_eval_predict_runs_the_inference_path_and_rebuilds_it_when_weights_chang
 def test_flop_count_sees_the_inference_paths_onednn_convolutions():
     # the benchmark's floors divide by these FLOPs: the oneDNN op of the inference path must count as
     # the convolution it is
-    from gflnb.benchmark import flops
+    from gflnb.engine.benchmark import flops
     model = build_model("gfl_cpu_demo").eval()
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():

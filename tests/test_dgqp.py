@@ -8,7 +8,7 @@ from test_variants import _trains_and_predicts, tiny_batch  # noqa: F401  (a fix
 
 from gflnb import build_model
 from gflnb.config import ConfigError, get_config
-from gflnb.quality import DGQPQuality, Positives
+from gflnb.model.quality import DGQPQuality, Positives
 
 D = torch.float64
 

@@ -1,4 +1,4 @@
-"""gflnb.diagnose: a traced run trains the same model as gflnb train (losses equal bit for bit), and
+"""gflnb.engine.diagnose: a traced run trains the same model as gflnb train (losses equal bit for bit), and
 its records add up (the DGQP's logit gradient split by positives and negatives sums to its bias
 gradient; with GFocalV2's detached weights the box losses send it nothing)."""
 import json
@@ -7,9 +7,9 @@ import math
 import pytest
 
 from gflnb.config import get_config
-from gflnb.diagnose import GROUPS, group_of, trace
-from gflnb.synth import dataset_paths, make_dataset
-from gflnb.train import TrainOptions, train
+from gflnb.engine.diagnose import GROUPS, group_of, trace
+from gflnb.data.synth import dataset_paths, make_dataset
+from gflnb.engine.train import TrainOptions, train
 
 
 @pytest.fixture(scope="module")

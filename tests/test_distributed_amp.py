@@ -7,7 +7,7 @@ import sys
 import torch
 
 from gflnb import build_model
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb.data.synth import dataset_paths, make_dataset
 
 
 def test_autocast_losses_stay_float32_and_finite():

@@ -7,8 +7,8 @@ import torch
 
 from gflnb.cli import main
 from gflnb.config import get_config
-from gflnb.synth import dataset_paths, make_dataset
-from gflnb.train import lr_at
+from gflnb.data.synth import dataset_paths, make_dataset
+from gflnb.engine.train import lr_at
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_resume_gives_identical_weights_and_log(tiny, tmp_path, ema):
 
 
 def test_ema_follows_the_ramped_decay():
-    from gflnb.ema import make_ema
+    from gflnb.engine.ema import make_ema
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = make_ema(model, decay=0.9, tau=2.0)
@@ -149,7 +149,7 @@ def test_fcos_peer_of_the_demo_trains_and_predicts(tiny):
     import importlib.util
     from pathlib import Path
 
-    from gflnb.data import CocoDetection, make_loader
+    from gflnb.data.coco import CocoDetection, make_loader
     spec = importlib.util.spec_from_file_location("fcos_demo", Path(__file__).parents[1] / "benchmarks" / "fcos_demo.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -169,7 +169,7 @@ def test_fcos_peer_of_the_demo_trains_and_predicts(tiny):
 
 
 def test_cpu_amp_trains_in_bf16_where_native_and_warns_elsewhere(tiny, tmp_path, monkeypatch, capsys):
-    import gflnb.train as T
+    import gflnb.engine.train as T
     seen = []
     real = torch.autocast
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from gflnb.checkpoint import save_checkpoint
+from gflnb.engine.checkpoint import save_checkpoint
 from gflnb.config import get_config
-from gflnb.data import CocoDetection
-from gflnb.detector import GFL
-from gflnb.explorer import Explorer, explore
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb.data.coco import CocoDetection
+from gflnb.model.detector import GFL
+from gflnb.chapters.explorer import Explorer, explore
+from gflnb.data.synth import dataset_paths, make_dataset
 
 
 def confident_model(**overrides) -> GFL:

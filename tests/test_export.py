@@ -1,4 +1,4 @@
-"""ONNX export (gflnb.export, `gflnb export`): onnxruntime's detections against GFL.predict."""
+"""ONNX export (gflnb.engine.export, `gflnb export`): onnxruntime's detections against GFL.predict."""
 import subprocess
 import sys
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gflnb import build_model, save_checkpoint
-from gflnb.export import OnnxDetector, export_onnx
+from gflnb.engine.export import OnnxDetector, export_onnx
 
 
 def _meta(h, w):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import assert_close, load_fixture
-from gflnb.head import GFLHead
+from gflnb.model.head import GFLHead
 
 HEAD = load_fixture("gfl_head.pt")["cases"]
 SCEN = [(ci, si) for ci, c in enumerate(HEAD) for si in range(len(c["scenarios"]))]

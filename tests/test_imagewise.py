@@ -1,4 +1,4 @@
-"""AP image by image (gflnb.imagewise) against pycocotools itself."""
+"""AP image by image (gflnb.study.imagewise) against pycocotools itself."""
 import contextlib
 import io
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from gflnb.imagewise import ImageMatches, ap, bootstrap_aps, bootstrap_weights, match_images
+from gflnb.study.imagewise import ImageMatches, ap, bootstrap_aps, bootstrap_weights, match_images
 
 
 def _coco(images, anns, cats):

@@ -1,4 +1,4 @@
-"""What importing a module pulls in: the drawing and the explorer share gflnb.gallery, not each other."""
+"""What importing a module pulls in: the drawing and the explorer share gflnb.chapters.gallery, not each other."""
 import ast
 import json
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 
 from gflnb.book import ROOT
 
-WATCHED = ("gflnb.viz", "gflnb.explorer", "gflnb.gallery", "cv2", "seaborn")
+WATCHED = ("gflnb.chapters.viz", "gflnb.chapters.explorer", "gflnb.chapters.gallery", "cv2", "seaborn")
 
 
 def _loaded_after(statement: str) -> set[str]:
@@ -18,16 +18,16 @@ def _loaded_after(statement: str) -> set[str]:
     return set(json.loads(out.stdout.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("module, absent", [("gflnb.viz", "gflnb.explorer"), ("gflnb.explorer", "gflnb.viz")])
+@pytest.mark.parametrize("module, absent", [("gflnb.chapters.viz", "gflnb.chapters.explorer"), ("gflnb.chapters.explorer", "gflnb.chapters.viz")])
 def test_viz_and_explorer_do_not_import_each_other(module, absent):
     loaded = _loaded_after(f"import {module}")
-    assert module in loaded and "gflnb.gallery" in loaded
+    assert module in loaded and "gflnb.chapters.gallery" in loaded
     assert absent not in loaded
 
 
 def _imports(module: str) -> set[str]:
-    """Every gflnb module ``gflnb/<module>.py`` imports, at its top or inside a function."""
-    tree = ast.parse((ROOT / "gflnb" / f"{module}.py").read_text())
+    """Every gflnb module ``gflnb/chapters/<module>.py`` imports, at its top or inside a function."""
+    tree = ast.parse((ROOT / "gflnb" / "chapters" / f"{module}.py").read_text())
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -46,10 +46,10 @@ def test_not_even_a_lazy_import_closes_the_cycle():
 
 
 def test_the_package_exports_explore_on_first_use():
-    assert _loaded_after("import gflnb") & {"gflnb.explorer", "gflnb.viz", "cv2", "seaborn"} == set()
-    assert "gflnb.explorer" in _loaded_after("import gflnb; assert 'explore' in gflnb.__all__; gflnb.explore")
+    assert _loaded_after("import gflnb") & {"gflnb.chapters.explorer", "gflnb.chapters.viz", "cv2", "seaborn"} == set()
+    assert "gflnb.chapters.explorer" in _loaded_after("import gflnb; assert 'explore' in gflnb.__all__; gflnb.explore")
     import gflnb
-    from gflnb.explorer import explore
+    from gflnb.chapters.explorer import explore
     assert gflnb.explore is explore
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         gflnb.nonexistent

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gflnb.checkpoint import save_checkpoint
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb.engine.checkpoint import save_checkpoint
+from gflnb.data.synth import dataset_paths, make_dataset
 from test_explorer import confident_model
 
 ROOT = Path(__file__).resolve().parent.parent

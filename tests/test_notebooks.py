@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from gflnb.book import ROOT, build_book, execute, records
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb.data.synth import dataset_paths, make_dataset
 
 NB = ROOT / "notebooks"
 
@@ -30,7 +30,7 @@ def _write_ablation_sweep(root: Path) -> dict:
     """A tiny sweep output for chapter 7: Table 1a's joint QFL and IoU-branch rows (both Dirac boxes, as the
     paper's) x 2 seeds, one failed run, two Fig. 2 records."""
     import csv
-    from gflnb.analysis import background_summary
+    from gflnb.chapters.analysis import background_summary
     root.mkdir(parents=True)
     (root / "grid.yaml").write_text(
         "notebook: notebooks/03_training.py\nseeds: [0, 1, 2]\n"
@@ -125,7 +125,7 @@ def test_notebook_ran_with_injected_parameters_and_drew_figures(executed, name):
     if name == "06_performance":
         assert rec["source"].startswith("measured just now") and rec["gflnb_vs_fcos"] > 0 and rec["conv_gflops"] > 0
     if name == "07_ablations":
-        from gflnb.paper import CLAIMS
+        from gflnb.study.paper import CLAIMS
         assert (rec["runs"], rec["ok_runs"], rec["failed_runs"], rec["variants"], rec["seeds"]) == (7, 6, 1, 2, 3)
         assert rec["claims"] == len(CLAIMS) == rec["holds"] + rec["reversed"] + rec["not_resolved"]
         # the one claim both variants ran: joint 55.7 vs IoU 53.5 over 3 seeds, whose 95% interval is

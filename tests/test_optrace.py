@@ -1,14 +1,14 @@
-"""gflnb.optrace: a traced run computes what gflnb train computes (losses equal bit for bit), a run
+"""gflnb.numerics.optrace: a traced run computes what gflnb train computes (losses equal bit for bit), a run
 traced twice gives the same bytes for every op, and compare names the op where two traces part."""
 import copy
 import json
 
 import pytest
 
-from gflnb import optrace
+from gflnb.numerics import optrace
 from gflnb.config import get_config
-from gflnb.synth import dataset_paths
-from gflnb.train import TrainOptions, train
+from gflnb.data.synth import dataset_paths
+from gflnb.engine.train import TrainOptions, train
 
 STEPS = 2
 

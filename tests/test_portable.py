@@ -1,4 +1,4 @@
-"""Portable numerics (gflnb/portable.py): the AVX2 kernels on every x86-64 CPU unless GFLNB_NATIVE_ISA=1."""
+"""Portable numerics (gflnb/numerics/portable.py): the AVX2 kernels on every x86-64 CPU unless GFLNB_NATIVE_ISA=1."""
 import json
 import os
 import platform
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gflnb.portable import PORTABLE_ISA
+from gflnb.numerics.portable import PORTABLE_ISA
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="the cap is for x86-64 CPUs")  # every machine of this project is one
@@ -65,7 +65,7 @@ THREADS = "import gflnb, torch; print(torch.get_num_threads())"
 
 
 def test_the_thread_count_is_fixed_unless_asked_otherwise():
-    from gflnb.portable import PORTABLE_THREADS
+    from gflnb.numerics.portable import PORTABLE_THREADS
     assert _run(THREADS).stdout.strip() == str(PORTABLE_THREADS)
     assert _run(THREADS, OMP_NUM_THREADS="1").stdout.strip() == "1"  # as the sweep's commands set it
     assert _run(THREADS, GFLNB_THREADS="3").stdout.strip() == "3"
@@ -99,7 +99,7 @@ def test_training_and_predict_make_no_mkl_call(overrides, threads):
     # MKL picks its code path by CPU vendor, and MKL_CBWR cannot pin it on non-Intel CPUs: its SGEMV
     # in the Integral was the one term that differed between AMD and Intel at the first step, one
     # image's small convolutions ran as its SGEMM, and so did every 1x1 conv (the FPN's laterals) of
-    # a single-threaded step, as the sweep trains (gflnb/conv.py). With no MKL call left, training
+    # a single-threaded step, as the sweep trains (gflnb/numerics/conv.py). With no MKL call left, training
     # and GFL.predict run only ATen's capped kernels and oneDNN's.
     out = _run(f"OVERRIDES = {overrides!r}\n" + TRAIN_STEP, MKL_VERBOSE="1", OMP_NUM_THREADS=threads)
     lines = (out.stdout + out.stderr).splitlines()
@@ -125,10 +125,10 @@ def test_a_training_step_runs_the_avx2_onednn_kernels_the_intel_run_used():
 # says it is, as MKL does by vendor. .ci/tools.sh installs it.
 AMD, INTEL = "EPYC-Milan-v1", "Icelake-Server-v1"
 # One training step of the demo detector (forward, losses, backward, fused AdamW) with every ATen op's
-# output bytes digested (gflnb.optrace), printed one op a line.
+# output bytes digested (gflnb.numerics.optrace), printed one op a line.
 DIGESTED_STEP = """
 import gflnb, torch
-from gflnb import optrace
+from gflnb.numerics import optrace
 torch.manual_seed(0)
 m = gflnb.build_model("gfl_cpu_demo").train()
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True)

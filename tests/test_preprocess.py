@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import load_fixture
-from gflnb.preprocess import pad_batch, preprocess, rescale_size, resize_keep_ratio
+from gflnb.data.preprocess import pad_batch, preprocess, rescale_size, resize_keep_ratio
 
 PRE = load_fixture("preprocess.pt")
 

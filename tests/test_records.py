@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from gflnb.book import ROOT, execute, records
-from gflnb.nbtools import RECORD_MIME
+from gflnb.chapters.nbtools import RECORD_MIME
 
 TINY = '''# ---
 # jupyter:
@@ -22,7 +22,7 @@ steps = 3
 # %%
 import math
 import torch
-from gflnb import nbtools as nb
+from gflnb.chapters import nbtools as nb
 print("trained", steps, "steps")
 
 # %% tags=["remove-cell"]

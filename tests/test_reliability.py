@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gflnb import build_model, save_checkpoint
-from gflnb.checkpoint import atomic_save
+from gflnb.engine.checkpoint import atomic_save
 from gflnb.cli import main
 from gflnb.config import get_config
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb.data.synth import dataset_paths, make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, name):
 def test_bad_images_are_rejected_before_any_setup_warning(tmp_path, capsys, monkeypatch, damage, expected):
     """On every CPU: set-up that would warn (cpu_amp where bf16 is not native, a wall-clock budget)
     comes after the data checks, so bad data is the one line printed."""
-    import gflnb.train as T
+    import gflnb.engine.train as T
     monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
     ann, d = _coco(tmp_path, IMG, [BOX])
     if damage == "missing":
@@ -171,7 +171,7 @@ def test_bad_images_are_rejected_before_any_setup_warning(tmp_path, capsys, monk
 
 def test_clipped_boxes_are_counted(tmp_path):
     ann, d = _coco(tmp_path, IMG, [dict(BOX, bbox=[50, 50, 30, 30])])
-    from gflnb.data import CocoDetection
+    from gflnb.data.coco import CocoDetection
     with pytest.warns(UserWarning, match="1 boxes extend past their image and are clipped"):
         ds = CocoDetection(ann, d, get_config("gfl_cpu_demo", num_classes=1), train=True)
     assert ds[0]["boxes"].max() <= 320
@@ -179,8 +179,8 @@ def test_clipped_boxes_are_counted(tmp_path):
 
 # ------------------------------------------------------------------ numerical faults
 def test_nan_loss_stops_with_iteration_and_term_and_keeps_last_checkpoint(tiny, tmp_path, monkeypatch):
-    from gflnb.head import GFLHead
-    from gflnb.train import TrainingDiverged, TrainOptions, train
+    from gflnb.model.head import GFLHead
+    from gflnb.engine.train import TrainingDiverged, TrainOptions, train
     calls = {"n": 0}
     real = GFLHead.loss
 
@@ -264,7 +264,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
 
 
 def test_torn_log_line_is_dropped_on_resume(tmp_path):
-    from gflnb.train import JsonlLog
+    from gflnb.engine.train import JsonlLog
     p = tmp_path / "log.jsonl"
     p.write_text('{"iter": 1, "loss": 1.0}\n{"iter": 2, "loss": 0.9}\n{"iter": 3, "lo')
     log = JsonlLog(p, keep_until_iter=2)
@@ -281,7 +281,7 @@ box_st = st.tuples(st.floats(0, 300), st.floats(0, 300), st.floats(1, 300), st.f
 @given(w=st.integers(24, 300), h=st.integers(24, 300), boxes=st.lists(box_st, max_size=6),
        flip=st.booleans(), scale=st.integers(64, 400))
 def test_transforms_keep_boxes_inside_and_loss_finite(tmp_path_factory, w, h, boxes, flip, scale):
-    from gflnb.data import CocoDetection, Collate
+    from gflnb.data.coco import CocoDetection, Collate
     tmp = tmp_path_factory.mktemp("fz")
     anns = [dict(id=i + 1, image_id=1, category_id=1, bbox=list(b), area=b[2] * b[3], iscrowd=0)
             for i, b in enumerate(boxes)]
@@ -324,7 +324,7 @@ def test_one_pixel_boxes_give_finite_losses():
 def test_eval_every_keeps_the_training_identical_and_records_each_ap(tiny, tmp_path):
     """Evaluating every epoch leaves the losses bit-identical (evaluation runs on the inference copy
     and draws no random numbers), and every evaluation's AP lands in metrics, checkpoint and log."""
-    from gflnb.train import TrainOptions, train
+    from gflnb.engine.train import TrainOptions, train
     ann, imgs = dataset_paths(tiny, "train")
     vann, vimgs = dataset_paths(tiny, "val")
     cfg = get_config("gfl_cpu_demo", num_classes=4, batch_size=4, warmup_iters=2, epochs=3)

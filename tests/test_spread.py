@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gflnb import spread
+from gflnb.chapters import spread
 
 
 def test_edge_kinds():

@@ -1,9 +1,9 @@
-"""gflnb.stats against numbers computed by hand and textbook tables."""
+"""gflnb.study.stats against numbers computed by hand and textbook tables."""
 import math
 
 import pytest
 
-from gflnb import stats
+from gflnb.study import stats
 
 
 def test_tost_by_hand():

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gflnb import paper
+from gflnb.study import paper
 from gflnb.book import ROOT, execute, records
 from gflnb.cli import main
 from gflnb.config import get_config
-from gflnb.sweep import COLUMNS, GridError, command, load_grid
-from gflnb.synth import make_dataset
+from gflnb.study.sweep import COLUMNS, GridError, command, load_grid
+from gflnb.data.synth import make_dataset
 
 
 def _grid(tmp: Path, out: Path, variants: dict, seeds=(0,), jobs=2, parameters=None) -> Path:
@@ -209,7 +209,7 @@ def test_the_chapter_renders_from_the_sweeps_table(swept):
 
 
 def test_a_failed_points_error_is_the_line_that_says_why():
-    from gflnb.sweep import failure_line
+    from gflnb.study.sweep import failure_line
     # papermill's wrapper line has no message; the notebook's own exception (ANSI-coloured) does
     out = ("Executing: 50%\nTraceback (most recent call last):\n"
            "papermill.exceptions.PapermillExecutionError: \n-----\nException encountered at \"In [9]\":\n"

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from distributed import LocalCluster
 
-from gflnb.ablation import read_grid, read_results, run_info, variant_stats
+from gflnb.study.ablation import read_grid, read_results, run_info, variant_stats
 from gflnb.book import ROOT
 from gflnb.cli import main
-from gflnb.executors import SlurmOptions, alive, open_backend, pid_alive, process_started
-from gflnb.sweep import command, load_grid, run_sweep
-from gflnb.synth import dataset_paths, make_dataset
+from gflnb.study.executors import SlurmOptions, alive, open_backend, pid_alive, process_started
+from gflnb.study.sweep import command, load_grid, run_sweep
+from gflnb.data.synth import dataset_paths, make_dataset
 from test_sweep import _grid, _table  # the same tiny grid: 12 images, 1 epoch (3 iterations)
 
 VARIANTS = {"gfl": {}, "none": {"quality": "none", "box": "dirac"}}  # one with the Fig. 2 pass, one without

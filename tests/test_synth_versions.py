@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gflnb import synth
+from gflnb.data import synth
 
 # The first five training images of version 1, seed 0 (pixels, boxes, blurs, occlusions), as the
 # ablation sweep saw them (its gfl seed-0 row, AP 19.97, was the same in two sessions). Changing

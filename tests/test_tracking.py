@@ -14,10 +14,10 @@ import yaml
 from gflnb.book import ROOT
 from gflnb.cli import main
 from gflnb.config import get_config
-from gflnb.synth import dataset_paths, make_dataset
-from gflnb.tblog import EVENT_GLOB, scalars
-from gflnb.tracking import TAG_HASH, TAG_POINT, log_sweep_to_mlflow, record_hash, store_uri
-from gflnb.train import TrainOptions, train
+from gflnb.data.synth import dataset_paths, make_dataset
+from gflnb.engine.tblog import EVENT_GLOB, scalars
+from gflnb.study.tracking import TAG_HASH, TAG_POINT, log_sweep_to_mlflow, record_hash, store_uri
+from gflnb.engine.train import TrainOptions, train
 
 # a committed sweep that no longer changes: the first ablation sweep's 30 records and its table
 COMMITTED = ROOT / "experiments" / "ablations" / "v1_6epochs"
@@ -189,7 +189,7 @@ def test_the_committed_sweep_imports_once_equal_to_its_table(tmp_path, capsys):
 
 def _fake_point(grid, p):
     """A finished point without training: its record, as run_point writes it."""
-    from gflnb.sweep import _atomic_write, command, record_path
+    from gflnb.study.sweep import _atomic_write, command, record_path
     ok = p.variant != "broken"
     ap = 10.0 + p.seed + len(p.variant) / 7
     rec = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=command(grid, p), parameters={},
@@ -211,7 +211,7 @@ def _fake_grid(tmp_path: Path) -> Path:
 
 def test_sweep_mlflow_logs_every_point_equal_to_the_table(tmp_path, monkeypatch):
     grid, out = _fake_grid(tmp_path), tmp_path / "grid_out"
-    monkeypatch.setattr("gflnb.sweep.run_point", _fake_point)
+    monkeypatch.setattr("gflnb.study.sweep.run_point", _fake_point)
     assert main(["sweep", str(grid), "--mlflow", "--no-progress", "--jobs", "1"]) == 0
     df = _runs(out)
     _assert_runs_equal_table(out, df)
@@ -232,7 +232,7 @@ def test_mlflow_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("gflnb: error:") and "no records/" in err and err.count("\n") == 1
     ran = []
-    monkeypatch.setattr("gflnb.sweep.run_point", lambda grid, p: ran.append(p))
+    monkeypatch.setattr("gflnb.study.sweep.run_point", lambda grid, p: ran.append(p))
     monkeypatch.setitem(sys.modules, "mlflow", None)
     assert main(["sweep", str(_fake_grid(tmp_path)), "--mlflow", "--no-progress"]) == 2
     err = capsys.readouterr().err

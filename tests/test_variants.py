@@ -12,17 +12,17 @@ import torch.nn.functional as F
 import torchvision
 
 from gflnb import build_model
-from gflnb.boxcoder import DFLCoder, DiracCoder, GaussianCoder, IntegralCoder, build_box_coder
+from gflnb.model.box_repr import DFLCoder, DiracCoder, GaussianCoder, IntegralCoder, build_box_coder
 from gflnb.boxes import distance2bbox
 from gflnb.config import BOXES, QUALITIES, ConfigError, get_config, parse_set
-from gflnb.head import GFLHead
+from gflnb.model.head import GFLHead
 from gflnb.losses import (AVG_EPS, kl_box_loss, quality_focal_loss, quality_focal_loss_autograd,
                           quality_focal_loss_log, quality_focal_loss_prob, sigmoid_focal_loss)
-from gflnb.preprocess import preprocess
-from gflnb.quality import (CenternessGuidedQuality, CenternessQuality, DGQPQuality, FocalQuality,
+from gflnb.data.preprocess import preprocess
+from gflnb.model.quality import (CenternessGuidedQuality, CenternessQuality, DGQPQuality, FocalQuality,
                            IoUGuidedQuality, IoUQuality, Positives, QFLQuality, build_quality, centerness_target,
                            dgqp_features)
-from gflnb.synth import render_image
+from gflnb.data.synth import render_image
 
 D = torch.float64
 LN2 = math.log(2.0)

@@ -14,8 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from gflnb.machine import machine_info
-from gflnb.sweep import Point, command, load_grid
+from gflnb.numerics.machine import machine_info
+from gflnb.study.sweep import Point, command, load_grid
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

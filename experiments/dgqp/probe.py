@@ -1,5 +1,5 @@
 """One DGQP probe (issue 18, item 4): the sweep's point (gfl_cpu_demo on synthetic set v2, 1,000
-training images, batch 8) trained for --iters iterations with gflnb.diagnose recording every step,
+training images, batch 8) trained for --iters iterations with gflnb.engine.diagnose recording every step,
 optionally with one intervention; writes experiments/dgqp/<name>.jsonl, <name>.json (the
 validation AP at the end and the run's settings) and <name>.png (with --compare: other probes drawn
 beside it).
@@ -31,11 +31,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from gflnb.config import get_config, parse_set  # noqa: E402
-from gflnb.diagnose import trace, write_jsonl  # noqa: E402
+from gflnb.engine.diagnose import trace, write_jsonl  # noqa: E402
 from gflnb.losses import AVG_EPS, quality_focal_loss_log  # noqa: E402
-from gflnb.machine import machine_info  # noqa: E402
-from gflnb.synth import dataset_paths  # noqa: E402
-from gflnb.train import Run, TrainOptions  # noqa: E402
+from gflnb.numerics.machine import machine_info  # noqa: E402
+from gflnb.data.synth import dataset_paths  # noqa: E402
+from gflnb.engine.train import Run, TrainOptions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -1,5 +1,5 @@
 """What a trained DGQP predicts: its quality q on every anchor of the validation images, against the
-IoU of that anchor's decoded box with its best gt (gflnb.analysis.anchor_scores, the path
+IoU of that anchor's decoded box with its best gt (gflnb.chapters.analysis.anchor_scores, the path
 GFL.predict runs). Prints one JSON line per checkpoint: q's quantiles on background (IoU < 0.3) and
 positive-like (IoU >= 0.5) anchors, the ranking AUC of q alone between them, and the correlation of
 q, of sigmoid(cls) and of the joint score with the IoU over the positive-like anchors.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gflnb.analysis import _quantiles, _ranking_auc, anchor_scores, correlation, load_model
-from gflnb.data import CocoDetection
-from gflnb.synth import dataset_paths
+from gflnb.chapters.analysis import _quantiles, _ranking_auc, anchor_scores, correlation, load_model
+from gflnb.data.coco import CocoDetection
+from gflnb.data.synth import dataset_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .synth import OCCLUSION_MIN
+from ..data.synth import OCCLUSION_MIN
 
 EDGE_KINDS = ("clear", "blurred", "occluded", "blurred+occluded")
 # Bimodality (the paper's appendix F: "two plausible edges"): a second local maximum of at least

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import quality_focal_loss
+from ..losses import quality_focal_loss
 
 
 def make_toy_anchors(n: int = 6000, num_classes: int = 4, dim: int = 16, pos_frac: float = 0.3, seed: int = 0):

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import dist, pmath
-from .config import QUALITIES, ConfigError
-from .losses import AVG_EPS, _QualityFocal, qfl_soft_target, quality_focal_loss_log, sigmoid_focal_loss
+from ..engine import dist
+from ..numerics import pmath
+from ..config import QUALITIES, ConfigError
+from ..losses import AVG_EPS, _QualityFocal, qfl_soft_target, quality_focal_loss_log, sigmoid_focal_loss
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Quality(nn.Module):
         ``final`` is the max over classes of what ``GFLHead.predict`` ranks by in NMS (for a
         separate branch, the class score times the quality factor); ``quality`` is the factor,
         None where the score is the only output (``none``, and ``qfl``, whose score is the joint
-        class-IoU estimate). The paper's Fig. 2 measurement (gflnb.analysis.anchor_scores).
+        class-IoU estimate). The paper's Fig. 2 measurement (gflnb.chapters.analysis.anchor_scores).
         """
         scores, factor = self.scores(cls, reg, extra)  # the same numbers predict ranks
         best = scores.max(dim=1)[0]  # [N]
@@ -314,7 +315,7 @@ class DGQPQuality(Quality):
         stat = dgqp_features(reg, self.reg_max, self.topk)  # [N, 20]
         # The 1x1 convs as products on [N, 20]: the same parameters (and state-dict keys), but a conv
         # over N one-pixel images ran 3x slower than the rest of a training step. Not F.linear: MKL's
-        # SGEMM picks its code path by CPU vendor (gflnb/portable.py); these are ATen's own kernels.
+        # SGEMM picks its code path by CPU vendor (gflnb/numerics/portable.py); these are ATen's own kernels.
         c0, c1 = self.reg_conf[0], self.reg_conf[2]
         w0 = c0.weight.flatten(1)  # [channels, 20]
         hidden = c0.bias.expand(stat.shape[0], -1)

@@ -1,7 +1,7 @@
 """GFLHead: QFL joint class-quality scores and DFL box distributions (mmdetection 3.3 semantics).
 
 The paper's ablated variants are two components the head composes: a quality representation
-(``quality``: gflnb/quality.py) and a box representation (``box``: gflnb/boxcoder.py). The
+(``quality``: gflnb/model/quality.py) and a box representation (``box``: gflnb/model/box_repr.py). The
 defaults (``qfl``, ``dfl``) are GFL, operation for operation.
 
 Shapes: B images, C classes, R = reg_max, A anchors of all levels concatenated (P3 first,
@@ -23,14 +23,14 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import dist
-from .assigner import atss_assign
-from .boxcoder import build_box_coder
-from .boxes import (aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, integral, scale_boxes,
+from ..engine import dist
+from ..assigner import atss_assign
+from .box_repr import build_box_coder
+from ..boxes import (aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, integral, scale_boxes,
                     valid_flags)
-from .config import ConfigError
+from ..config import ConfigError
 from .layers import ConvModule, Scale
-from .losses import AVG_EPS, giou_loss
+from ..losses import AVG_EPS, giou_loss
 from .quality import Positives, build_quality
 
 # Prior probability of the classification bias init (RetinaNet's pi = 0.01).

@@ -1,14 +1,14 @@
 """ONNX export of GFL's inference path, with the distribution decode in the graph, and its runner.
 
 The graph (:func:`export_onnx`) takes ``images [B, 3, H, W]`` (normalized and padded, as
-``gflnb.preprocess`` makes them; B, H and W are dynamic) and holds everything up to NMS:
+``gflnb.data.preprocess`` makes them; B, H and W are dynamic) and holds everything up to NMS:
 
-* backbone (BatchNorm folded into the convs, :func:`gflnb.fuse.fuse_for_inference`), FPN, head;
+* backbone (BatchNorm folded into the convs, :func:`gflnb.model.fuse.fuse_for_inference`), FPN, head;
 * the box decode: the softmax over the ``reg_max + 1`` bins and the Integral (``box`` 'dfl' and
   'integral'; 'dirac' clamps its four distances at 0), times the level's stride;
 * the anchor points ``(x*s, y*s)`` of each level, computed in the graph from the feature map's
   shape, and the distance-to-box decoding;
-* the score of the quality component (gflnb/quality.py), the very function ``GFLHead.predict``
+* the score of the quality component (gflnb/model/quality.py), the very function ``GFLHead.predict``
   calls: ``sigmoid(cls)`` for ``qfl`` and ``none``, ``sigmoid(cls) x DGQP`` for ``dgqp``.
 
 Outputs, levels concatenated (P3 first, row-major within a level, as the head orders anchors):
@@ -48,11 +48,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .boxes import NMS_SPLIT_THR, distance2bbox, featmap_sizes_for
-from .config import from_dict
-from .detector import GFL
-from .fuse import fuse_for_inference
-from .portable import threads as portable_threads
+from ..boxes import NMS_SPLIT_THR, distance2bbox, featmap_sizes_for
+from ..config import from_dict
+from ..model.detector import GFL
+from ..model.fuse import fuse_for_inference
+from ..numerics.portable import threads as portable_threads
 
 OPSET = 17
 METADATA_KEY = "gflnb"
@@ -265,7 +265,7 @@ class OnnxDetector:
     """An exported GFL run by onnxruntime, with :func:`postprocess`: ``predict`` returns what
     ``GFL.predict`` does.
 
-    ``threads``: onnxruntime's intra-op threads; default gflnb's (``gflnb.portable.threads()``: 2,
+    ``threads``: onnxruntime's intra-op threads; default gflnb's (``gflnb.numerics.portable.threads()``: 2,
     unless ``OMP_NUM_THREADS`` or ``GFLNB_THREADS`` say otherwise; 0 is onnxruntime's own choice).
     ``test_overrides`` replace the exported config's ``score_thr``, ``nms_pre``, ... .
     """
@@ -322,8 +322,8 @@ def ort_predict_fn(model: GFL, shape: Sequence[int], threads: Optional[int] = No
     """For the benchmark suite: export ``model`` once (to a temporary file) and return a zero-argument
     callable running one batch-1 onnxruntime inference, decode and :func:`postprocess` included, on
     one random image of ``shape`` (h, w) padded to the config's ``size_divisor``, as
-    ``gflnb.benchmark.inference_setup`` makes it (``rescale=False``, as the torch rows run)."""
-    from .preprocess import pad_shape
+    ``gflnb.engine.benchmark.inference_setup`` makes it (``rescale=False``, as the torch rows run)."""
+    from ..data.preprocess import pad_shape
     cfg = model.cfg
     ph, pw = pad_shape(shape, cfg.size_divisor)
     x = torch.randn(1, 3, ph, pw, generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 """Numbers behind the notebooks' figures: run logs, model loading, learned box distributions.
 
-Plotting lives in :mod:`gflnb.viz`; this module only computes.
+Plotting lives in :mod:`gflnb.chapters.viz`; this module only computes.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .checkpoint import load_checkpoint, read_checkpoint
-from .config import GFLConfig, from_dict, get_config
-from .data import CocoDetection, Collate
-from .detector import GFL
+from ..engine.checkpoint import load_checkpoint, read_checkpoint
+from ..config import GFLConfig, from_dict, get_config
+from ..data.coco import CocoDetection, Collate
+from ..model.detector import GFL
 
 SIDES = ("left", "top", "right", "bottom")
 
@@ -93,10 +93,10 @@ def best_match(iou: Tensor, scores: Tensor, iou_match: float) -> Optional[int]:
 def object_view(model: GFL, ds: CocoDetection, ann_id: int, iou_match: float = 0.5, device: str = "cpu",
                 title: str = "") -> Optional[dict]:
     """A gt object and the detection :func:`edge_table` matched to it, as the keyword arguments of
-    :func:`gflnb.viz.draw_edge_distributions` (None when no detection matches)."""
+    :func:`gflnb.chapters.viz.draw_edge_distributions` (None when no detection matches)."""
     from torchvision.ops import box_iou
 
-    from .preprocess import load_image
+    from ..data.preprocess import load_image
     ann = ds.coco.anns[int(ann_id)]
     i = next(k for k, r in enumerate(ds.records) if r.img_id == ann["image_id"])
     rec = ds.records[i]
@@ -123,7 +123,7 @@ def edge_table(model: GFL, ds: CocoDetection, max_images: Optional[int] = None, 
     ``std_px`` (spread in bins and in original-image pixels), ``bin_px`` (one bin in original-image
     pixels), ``bimodal``, ``abs_err_px`` (|predicted side - gt side|), ``score``, ``iou``, and where
     the annotation has them, ``ambiguity``, ``blur`` (px), ``blur_bins``, ``occlusion`` and ``kind``
-    (:data:`gflnb.spread.EDGE_KINDS`).
+    (:data:`gflnb.chapters.spread.EDGE_KINDS`).
     """
     from torchvision.ops import box_iou
 
@@ -200,7 +200,7 @@ def anchor_scores(model: GFL, ds: CocoDetection, max_images: Optional[int] = 50,
     ``image`` (dataset index). Anchors whose centre lies on batch padding are left out: they exist
     only because of how images were batched.
     """
-    from .boxes import box_iou
+    from ..boxes import box_iou
     n = len(ds) if max_images is None else min(int(max_images), len(ds))
     collate = Collate(ds.cfg)
     net = model.inference_net(device)  # the path gflnb evaluate runs, built once per weights

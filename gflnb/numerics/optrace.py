@@ -9,11 +9,11 @@ optimizer), a hash of the bytes of its tensor inputs and outputs, and :func:`com
 such traces to the first op whose inputs agree and whose outputs do not: the kernel that computes
 differently on the two machines.
 
-    python -m gflnb.optrace record trace.json.gz               # gfl_cpu_demo, synthetic set v2, 2 steps
-    python -m gflnb.optrace compare experiments/portability/<machine>.json.gz trace.json.gz
+    python -m gflnb.numerics.optrace record trace.json.gz               # gfl_cpu_demo, synthetic set v2, 2 steps
+    python -m gflnb.numerics.optrace compare experiments/portability/<machine>.json.gz trace.json.gz
 
-The record runs gflnb's own set-up and training loop (:func:`gflnb.train.setup`,
-:func:`gflnb.train.train_epoch`) under a ``TorchDispatchMode``: it changes none of the numbers,
+The record runs gflnb's own set-up and training loop (:func:`gflnb.engine.train.setup`,
+:func:`gflnb.engine.train.train_epoch`) under a ``TorchDispatchMode``: it changes none of the numbers,
 only observes them. Ops that return uninitialized memory (``empty`` and kin) are not hashed.
 """
 from __future__ import annotations
@@ -104,11 +104,11 @@ def record(config: str = "gfl_cpu_demo", steps: int = 2, seed: int = 0, data_roo
     """Trace ``steps`` training steps of ``config`` on the synthetic set (as chapter 3 and the sweep
     train it), model set-up included; returns the trace (JSON-ready)."""
     from . import portable
-    from .config import get_config
+    from ..config import get_config
     from .machine import machine_info
-    from .synth import dataset_paths, ensure_dataset
-    from .train import TrainOptions, setup, train_epoch
-    root = Path(data_root) if data_root else Path(__file__).resolve().parent.parent / "data" / f"synth_v{data_version}"
+    from ..data.synth import dataset_paths, ensure_dataset
+    from ..engine.train import TrainOptions, setup, train_epoch
+    root = Path(data_root) if data_root else Path(__file__).resolve().parents[2] / "data" / f"synth_v{data_version}"
     ensure_dataset(root, num_train, num_val, seed=0, progress=False, version=data_version)
     cfg = get_config(config, seed=seed, **(overrides or {}))
     (ann, img) = dataset_paths(root, "train")
@@ -203,7 +203,7 @@ def report(a: dict[str, Any], b: dict[str, Any], p: Parting) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gflnb.optrace", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m gflnb.numerics.optrace", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("record", help="trace a run's set-up and first steps into OUT (.json.gz)")
     r.add_argument("out")
@@ -217,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("b")
     a = ap.parse_args(argv)
     if a.cmd == "record":
-        from .config import parse_set
+        from ..config import parse_set
         t = record(a.config, a.steps, a.seed, a.data_root, overrides=dict(parse_set(s) for s in a.set))
         save(t, a.out)
         print(f"{a.out}: {len(t['ops'])} ops ({t['setup_ops']} in set-up), {t['machine']['cpu']}")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .conv import OneDNNConv2d, is_plain_conv
+from ..numerics.conv import OneDNNConv2d, is_plain_conv
 from .detector import GFL
 
 _PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))

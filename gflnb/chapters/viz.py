@@ -53,7 +53,7 @@ def plot_qfl_vs_focal(y: float = 0.7, betas: Sequence[float] = (0.5, 1, 2, 4)):
     axes[1].legend(fontsize=8)
     for i, b in enumerate(betas):
         x = torch.logit(torch.tensor(sigma)).requires_grad_()
-        from .losses import _QualityFocal
+        from ..losses import _QualityFocal
         loss = _QualityFocal.apply(x, torch.full_like(x, y), float(b))
         loss.sum().backward()
         axes[2].plot(sigma, x.grad.numpy(), label=f"beta={b}", color=PALETTE[i])
@@ -203,9 +203,9 @@ def plot_calibration(score: np.ndarray, iou: np.ndarray, bins: int = 10):
 
 # ------------------------------------------------------------------ chapter 5: learned distributions
 def plot_distribution_gallery(items: Sequence[dict], cols: int = 2, width: float = 9.0):
-    """:func:`gflnb.gallery.draw_edge_distributions` for several detections; each item is its
+    """:func:`gflnb.chapters.gallery.draw_edge_distributions` for several detections; each item is its
     keyword arguments (``img_bgr``, ``box``, ``dist``, ``stride``, and optionally ``scale``, ``gt``,
-    ``ambiguity``, ``title``), as :func:`gflnb.analysis.object_view` returns them."""
+    ``ambiguity``, ``title``), as :func:`gflnb.chapters.analysis.object_view` returns them."""
     rows = int(np.ceil(len(items) / cols))
     cell_w = width / cols
     height = rows * cell_w + 0.5
@@ -254,7 +254,7 @@ KIND_COLORS = {"clear": PALETTE[0], "blurred": PALETTE[1], "occluded": PALETTE[2
 
 def plot_spread_by_kind(kinds: pd.DataFrame):
     """Mean entropy, std (bins) and bimodal share per edge kind, with 95% intervals over objects
-    (the table of :func:`gflnb.spread.by_kind`)."""
+    (the table of :func:`gflnb.chapters.spread.by_kind`)."""
     cols = [("entropy", "entropy (nats)"), ("std_bins", "std (bins)"), ("bimodal", "bimodal share")]
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
     x = np.arange(len(kinds))
@@ -353,7 +353,7 @@ def plot_ablation_ap(ok: pd.DataFrame, variants: Sequence[str], labels: dict[str
 
 def plot_claims(claims: pd.DataFrame, confidence: float = 0.95):
     """Each claim's AP difference (better - worse) here with its ``confidence`` interval (columns
-    ``lo``, ``hi`` of ``gflnb.ablation.claim_table``), beside the paper's."""
+    ``lo``, ``hi`` of ``gflnb.study.ablation.claim_table``), beside the paper's."""
     fig, ax = plt.subplots(figsize=(12, 0.45 * len(claims) + 1.6))
     y = np.arange(len(claims))
     for i, r in enumerate(claims.itertuples()):
@@ -421,7 +421,7 @@ def plot_background(pooled: dict[str, dict], labels: dict[str, str], bg_iou: flo
 def plot_learning_curves(stats: pd.DataFrame, panels: dict[str, tuple[str, Sequence[str]]],
                          labels: dict[str, str], cols: int = 4):
     """AP against epoch, one panel per ``panels`` entry (key -> (title, variants)): per variant the
-    mean over seeds (line) and the seeds' range (band), from :func:`gflnb.ablation.curve_stats`."""
+    mean over seeds (line) and the seeds' range (band), from :func:`gflnb.study.ablation.curve_stats`."""
     keys = [k for k, (_, vs) in panels.items() if stats["variant"].isin(vs).any()]
     if not keys:
         return None

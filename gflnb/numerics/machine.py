@@ -14,7 +14,7 @@ import torch
 
 # (vendor, family, model) -> microarchitecture, for the CPUs seen on this project's machines
 _UARCH = {("AuthenticAMD", 25, 1): "Zen 3", ("AuthenticAMD", 25, 17): "Zen 4"}
-# Environment variables that cap the kernels' instruction set (gflnb/portable.py sets them to AVX2)
+# Environment variables that cap the kernels' instruction set (gflnb/numerics/portable.py sets them to AVX2)
 ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 

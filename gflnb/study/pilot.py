@@ -1,9 +1,9 @@
 """The sweep's pilot: where the spread between seeds comes from, and how many seeds a claim needs.
 
-    python -m gflnb.pilot experiments/ablations/grid.yaml --variants gfl beta1 n14
+    python -m gflnb.study.pilot experiments/ablations/grid.yaml --variants gfl beta1 n14
 
 For each pilot variant it reads the points' records (``gflnb sweep``) and their test-set detections
-matched image by image (``evals/ID.npz``, :mod:`gflnb.imagewise`) and gives:
+matched image by image (``evals/ID.npz``, :mod:`gflnb.study.imagewise`) and gives:
 
 - the sd between seeds of the validation AP (the 200 images of the learning curve) and of the
   test AP (the held-out set, 2,000 images);
@@ -12,7 +12,7 @@ matched image by image (``evals/ID.npz``, :mod:`gflnb.imagewise`) and gives:
   validation images where the points' run folders still hold their validation detections;
 - the distribution-level sd (Jordan, ICLR 2024): the seeds' variance less the sampling variance.
 
-From the test set's seed sd it sizes the design (:func:`gflnb.stats.seeds_for_power`).
+From the test set's seed sd it sizes the design (:func:`gflnb.study.stats.seeds_for_power`).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _val_matches(grid, p) -> Optional[ImageMatches]:
     """The point's validation detections matched image by image, while its run folder holds them."""
     from pycocotools.coco import COCO
 
-    from .synth import dataset_paths
+    from ..data.synth import dataset_paths
     det = grid.out / "runs" / p.id / "val_results.json"
     root = grid.parameters.get("data_root")
     if not det.exists() or not root:
@@ -119,7 +119,7 @@ def markdown(table: pd.DataFrame, d: dict, n_val: int = 200, n_test: int = 2000)
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from . import paper
-    ap = argparse.ArgumentParser(prog="python -m gflnb.pilot", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m gflnb.study.pilot", description=__doc__.splitlines()[0])
     ap.add_argument("grid")
     ap.add_argument("--variants", nargs="+", default=list(PILOT_VARIANTS))
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the images")

@@ -1,6 +1,6 @@
 """One detection's four learned distributions beside its crop (the paper's Fig. 3 and 13): the drawing
-chapter 5's gallery (:func:`gflnb.viz.plot_distribution_gallery`) and the explorer
-(:mod:`gflnb.explorer`) share, so that neither imports the other."""
+chapter 5's gallery (:func:`gflnb.chapters.viz.plot_distribution_gallery`) and the explorer
+(:mod:`gflnb.chapters.explorer`) share, so that neither imports the other."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -13,7 +13,7 @@ from matplotlib.gridspec import SubplotSpec
 
 from .analysis import SIDES
 
-PALETTE = sns.color_palette("colorblind", 10)  # every notebook figure's colours (gflnb.viz draws with it too)
+PALETTE = sns.color_palette("colorblind", 10)  # every notebook figure's colours (gflnb.chapters.viz draws with it too)
 
 
 def side_support(box: np.ndarray, dist: np.ndarray, stride: float, scale: Sequence[float] = (1.0, 1.0),

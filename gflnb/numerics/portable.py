@@ -16,10 +16,10 @@ byte-identical synthetic images and training batches.
 MKL is kept out of the numbers altogether. It picks its code path by CPU vendor, and its
 reproducibility switch (``MKL_CBWR``) does not pin it on non-Intel CPUs, so the same SGEMV gave AMD
 and Intel different last bits at chapter 3's first step. So the Integral is a product and an ATen
-sum (gflnb/boxes.py); the inference path runs every convolution through oneDNN (gflnb/fuse.py),
+sum (gflnb/boxes.py); the inference path runs every convolution through oneDNN (gflnb/model/fuse.py),
 where ATen would run a one-image small convolution as MKL's SGEMM; single-threaded 1x1 convs,
-which ATen runs the same way, go to oneDNN too (gflnb/conv.py); and sqrt, log and exp, which ATen
-computes with MKL's VML, come from gflnb/pmath.py. tests/test_portable.py checks that training
+which ATen runs the same way, go to oneDNN too (gflnb/numerics/conv.py); and sqrt, log and exp, which ATen
+computes with MKL's VML, come from gflnb/numerics/pmath.py. tests/test_portable.py checks that training
 and ``GFL.predict`` make no MKL call, and that a training step gives the same bytes for every op
 under an emulated AMD and an emulated Intel CPUID (experiments/portability/README.md).
 

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .backbone import ResNet
-from .config import GFLConfig, get_config
-from .conv import onednn_1x1
+from ..config import GFLConfig, get_config
+from ..numerics.conv import onednn_1x1
 from .head import GFLHead
 from .neck import FPN
 
@@ -62,9 +62,9 @@ class GFL(nn.Module):
         # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs
         # are faster on CPU (see cfg.channels_last).
         self._nhwc = False
-        self._inference = False  # True on the inference copy (gflnb.fuse.inference_model) itself
+        self._inference = False  # True on the inference copy (gflnb.model.fuse.inference_model) itself
         if cfg.channels_last:
-            _check_nhwc_safe(self)  # training in NHWC; inference alone (gflnb.fuse) has no backward to crash
+            _check_nhwc_safe(self)  # training in NHWC; inference alone (gflnb.model.fuse) has no backward to crash
             self.use_channels_last()
 
     def use_channels_last(self) -> "GFL":
@@ -79,7 +79,7 @@ class GFL(nn.Module):
 
     def inference_net(self, device: Optional[torch.device | str] = None) -> "GFL":
         """The inference path of this model's current weights: an eval-mode copy with the backbone's
-        BatchNorm folded into its convs, NHWC on CPU (:func:`gflnb.fuse.inference_model`).
+        BatchNorm folded into its convs, NHWC on CPU (:func:`gflnb.model.fuse.inference_model`).
 
         Built on first use and kept until the weights change (``load_state_dict``, a training step,
         ``train()``, ``.to()``), so a loop of calls makes one copy. ``self`` is left as it is: its

@@ -1,5 +1,5 @@
 """Chapter 7's numbers: the sweep's table (``gflnb sweep``) read, summarised over seeds, set beside
-the paper's tables (:mod:`gflnb.paper`), and each of the paper's claims given a verdict.
+the paper's tables (:mod:`gflnb.study.paper`), and each of the paper's claims given a verdict.
 
 The verdict rule (:func:`compare`): with ``a`` the per-seed AP of the variant the paper says is
 better and ``b`` the other's, ``d = mean(a) - mean(b)``, Welch's standard error
@@ -260,7 +260,7 @@ def run_info(df: pd.DataFrame, grid: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ the Fig. 2 records
 def background_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record with a ``background`` summary (gflnb.analysis.background_summary)."""
+    """One row per record with a ``background`` summary (gflnb.chapters.analysis.background_summary)."""
     rows = []
     for r in records:
         b = r.get("background")

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .boxes import bbox2distance, integral
-from .config import BOXES, ConfigError
-from .losses import AVG_EPS, distribution_focal_loss, kl_box_loss
+from ..boxes import bbox2distance, integral
+from ..config import BOXES, ConfigError
+from ..losses import AVG_EPS, distribution_focal_loss, kl_box_loss
 
 
 def _zero_in_graph(t: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 ``explore(model, dataset)`` in JupyterLab gives an ipywidgets view: an image with its detections
 (click one, or pick it from the list), a score-threshold slider, and a switch between choosing among
 the predicted boxes and among the gt boxes (each shown through the detection chapter 5 matches to it). The
-selected detection is drawn with :func:`gflnb.gallery.draw_edge_distributions`. It works on any
+selected detection is drawn with :func:`gflnb.chapters.gallery.draw_edge_distributions`. It works on any
 checkpoint and any COCO-format dataset; the synthetic set's recorded edge ambiguity is shown when
 the annotations have it. :meth:`Explorer.render` draws the same view as a static figure (the book
 has no kernel to run widgets).
@@ -19,10 +19,10 @@ import torch
 from matplotlib.figure import Figure
 
 from .analysis import best_match, predict_images
-from .data import CocoDetection
-from .detector import GFL
+from ..data.coco import CocoDetection
+from ..model.detector import GFL
 from .gallery import draw_edge_distributions
-from .preprocess import load_image
+from ..data.preprocess import load_image
 
 MODES = ("predicted", "gt")
 OVERVIEW_WIDTH = 520  # px: the explorer's image, upscaled so that small objects can be clicked
@@ -119,7 +119,7 @@ class Explorer:
         return self.selected
 
     def detail(self) -> Optional[dict]:
-        """The selected item as keyword arguments of :func:`gflnb.gallery.draw_edge_distributions`."""
+        """The selected item as keyword arguments of :func:`gflnb.chapters.gallery.draw_edge_distributions`."""
         items = self.items()
         if not items:
             return None

@@ -13,13 +13,13 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import get_config
-from .detector import GFL, build_model
-from .machine import machine_info
-from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
-from .preprocess import pad_shape
+from ..config import get_config
+from ..model.detector import GFL, build_model
+from ..numerics.machine import machine_info
+from ..losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from ..data.preprocess import pad_shape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: gflnb/<role>/<module>.py
 
 
 def _sync(device: torch.device) -> None:
@@ -363,7 +363,7 @@ def markdown(res) -> str:
 def run_suite(quick: bool = False, progress=print) -> dict:
     """Every comparison of the suite; ``quick`` is a smoke run (inference at 512x512 only, a
     training step at 256x256, few rounds, up to 100 gts)."""
-    from .machine import describe, machine_info
+    from ..numerics.machine import describe, machine_info
     torch.manual_seed(0)
     rounds = 2 if quick else 7
     info = machine_info()

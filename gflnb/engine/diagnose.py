@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import GFLConfig, from_dict
-from .losses import AVG_EPS, quality_focal_loss_log
+from ..config import GFLConfig, from_dict
+from ..losses import AVG_EPS, quality_focal_loss_log
 from .train import Run, TrainingDiverged, TrainOptions, end_epoch, evaluate_epoch, setup, train_epoch
 
 # parameter-name prefixes of the groups whose gradient norms are logged
@@ -238,7 +238,7 @@ class Recorder:
 
 def trace(cfg: GFLConfig, opts: TrainOptions, interventions: Sequence[Callable[[Run], None]] = (),
           on_record: Optional[Callable[[dict], None]] = None, evaluate: bool = True) -> tuple[list[dict], dict]:
-    """Train as :func:`gflnb.train.train` does (to ``opts.max_iters`` or the end), recording each step.
+    """Train as :func:`gflnb.engine.train.train` does (to ``opts.max_iters`` or the end), recording each step.
 
     ``interventions`` are applied to the run after its set-up and before the hooks (a probe's
     change to the optimizer or the model); with none, the numerics are ``gflnb train``'s.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import GFLConfig
+from ..config import GFLConfig
 from .preprocess import load_image, preprocess, resize_keep_ratio
 
 

@@ -5,7 +5,7 @@
     gflnb sweep GRID --executor slurm --partition gpu --time 1440 --cpus-per-task 8 --gpus-per-node 1
     gflnb sweep GRID --executor submitit-local        # submitit's local cluster: one process per point
 
-Only *where* :func:`gflnb.sweep.run_point` runs changes: every executor runs the same task (the
+Only *where* :func:`gflnb.study.sweep.run_point` runs changes: every executor runs the same task (the
 point's shell command, then its Fig. 2 background pass), which writes the same record. Dask gets
 ``pure=False``: a point is a side effect (a training run), never a cached value.
 

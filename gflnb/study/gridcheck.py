@@ -27,7 +27,7 @@ def notebook_parameters(notebook: Path) -> set[str]:
 
 def _data(grid: Grid) -> tuple[list[str], list[str]]:
     """(lines saying where the data are, problems)."""
-    from .synth import LATEST_VERSION, dataset_paths
+    from ..data.synth import LATEST_VERSION, dataset_paths
     par, base = grid.parameters, grid.notebook.parent  # the notebook runs in its own folder
     lines, problems = [], []
     if par.get("train_ann"):
@@ -52,7 +52,7 @@ def _data(grid: Grid) -> tuple[list[str], list[str]]:
 
 def check_grid(grid: Grid) -> tuple[list[str], list[str]]:
     """(lines describing the grid's data, problems); no problems: the grid can run."""
-    from .config import PRESETS, get_config
+    from ..config import PRESETS, get_config
     problems: list[str] = []
     preset = grid.parameters.get("config", "gfl_cpu_demo")
     if preset not in PRESETS:

@@ -17,13 +17,13 @@ Under ``out`` (the grid's folder by default):
                      task; while the point runs, status ``running`` with its executor, job or
                      task id, host, pid and start time
   evals/ID.npz       where the grid has a test set (chapter 3's num_test): the point's detections on it
-                     matched image by image (gflnb/imagewise.py), for the bootstrap over images
+                     matched image by image (gflnb/study/imagewise.py), for the bootstrap over images
   runs/ID/           checkpoints, log.jsonl, metrics.json (git-ignored)
   notebooks/ID.ipynb the executed notebook, the experiment's full record (git-ignored)
 
 A point whose record says ``ok`` with the same command is skipped, so a killed sweep resumes; a
 failed point is recorded with its error and the sweep goes on. A ``running`` one is left alone
-while its job lives and rerun once it has died (gflnb/executors.py: where points run, on this
+while its job lives and rerun once it has died (gflnb/study/executors.py: where points run, on this
 machine, a Dask cluster or Slurm, and how each tells a dead job).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from .executors import SlurmOptions
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: gflnb/<role>/<module>.py
 COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "test_AP", "status", "error", "iterations",
            "command", "metrics_path", "record_path")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -282,9 +282,9 @@ def _background(grid: Grid, p: Point) -> Optional[dict]:
         return None
     import torch
 
-    from .analysis import anchor_scores, background_summary, load_model
-    from .data import CocoDetection
-    from .synth import LATEST_VERSION, dataset_paths
+    from ..chapters.analysis import anchor_scores, background_summary, load_model
+    from ..data.coco import CocoDetection
+    from ..data.synth import LATEST_VERSION, dataset_paths
     ck = grid.out / "runs" / p.id / "latest.pth"
     par, base = point_parameters(grid, p), grid.notebook.parent  # paths as the notebook reads them
     if par.get("val_ann"):
@@ -306,7 +306,7 @@ def _background(grid: Grid, p: Point) -> Optional[dict]:
 def run_point(grid: Grid, p: Point) -> dict:
     """Execute one point's command, then (quality variants) its Fig. 2 background pass, in this process,
     wherever it runs (a thread here, a Dask worker, a Slurm job), and write its record; never raises
-    for a failed run. While the command runs, the record says ``running`` (gflnb/executors.py)."""
+    for a failed run. While the command runs, the record says ``running`` (gflnb/study/executors.py)."""
     from .executors import die_with_parent, process_started, task_identity
     cmd = command(grid, p)
     env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads)}
@@ -409,9 +409,9 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
               seeds: Optional[Sequence[int]] = None, progress: bool = True, mlflow: bool = False,
               executor: str = "local", slurm: Optional[SlurmOptions] = None,
               sets: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Run every point not yet done, ``jobs`` at a time, on ``executor`` (gflnb/executors.py: local,
+    """Run every point not yet done, ``jobs`` at a time, on ``executor`` (gflnb/study/executors.py: local,
     dask://HOST:PORT, slurm, submitit-local); returns counts and the table's path.
-    ``mlflow``: also import each finished point, and at the end all, into OUT/mlflow.db (gflnb/tracking.py)."""
+    ``mlflow``: also import each finished point, and at the end all, into OUT/mlflow.db (gflnb/study/tracking.py)."""
     from .executors import alive, drive, open_backend
     grid = load_grid(grid_file, sets)
     if mlflow:
@@ -439,13 +439,13 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
-        from .synth import LATEST_VERSION, ensure_dataset
+        from ..data.synth import LATEST_VERSION, ensure_dataset
         par = grid.parameters
         ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
                        par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
                        version=par.get("data_version", LATEST_VERSION))
         if par.get("num_test") and not par.get("test_ann"):  # the held-out set, likewise once
-            from .synth import test_set_root
+            from ..data.synth import test_set_root
             version = par.get("data_version", LATEST_VERSION)
             ensure_dataset((grid.notebook.parent / test_set_root(version, par["num_test"], par.get("test_seed", 7)))
                            .resolve(), 0, par["num_test"], seed=par.get("test_seed", 7), progress=progress,

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from . import dist
 from .checkpoint import atomic_save, read_checkpoint
-from .config import GFLConfig, from_dict
-from .data import CocoDetection, epoch_batches, make_loader
-from .detector import GFL
+from ..config import GFLConfig, from_dict
+from ..data.coco import CocoDetection, epoch_batches, make_loader
+from ..model.detector import GFL
 from .ema import make_ema
-from .machine import machine_info
+from ..numerics.machine import machine_info
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,7 +56,7 @@ class TrainOptions:
     # large enough that sampling images is a small part of a run's spread (experiments/ablations/pilot)
     test_ann: Optional[str] = None
     test_images: Optional[str] = None
-    tensorboard: bool = True  # also write log.jsonl's numbers as TensorBoard scalars (gflnb/tblog.py)
+    tensorboard: bool = True  # also write log.jsonl's numbers as TensorBoard scalars (gflnb/engine/tblog.py)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -84,7 +84,7 @@ def lr_at(cfg: GFLConfig, base_lr: float, epoch: int, global_iter: int, budget_f
 def cpu_has_native_bf16() -> bool:
     """Whether torch's CPU kernels compute bf16 dot products natively here (without them bf16 is
     emulated, and slow): the CPU must have them, and the kernels must not be capped below AVX-512
-    (gflnb's portable default caps them at AVX2: gflnb/portable.py)."""
+    (gflnb's portable default caps them at AVX2: gflnb/numerics/portable.py)."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
         return False
     cpu = getattr(torch, "cpu", None)

@@ -2,7 +2,7 @@
 
 ATen hands a CPU fp32 convolution to oneDNN, or runs it as im2col and a BLAS SGEMM, by a speed
 heuristic (``use_mkldnn`` in aten/src/ATen/native/ConvUtils.h). The BLAS is MKL, which picks its
-code path by CPU vendor and cannot be pinned on non-Intel CPUs (gflnb/portable.py), so the same
+code path by CPU vendor and cannot be pinned on non-Intel CPUs (gflnb/numerics/portable.py), so the same
 convolution gives AMD and Intel different last bits, and a detector trained from scratch turns
 those into another model. oneDNN's kernels are capped at AVX2 on every machine. Two cases fall to
 MKL:
@@ -11,7 +11,7 @@ MKL:
 * a 1x1 kernel, unstrided and undilated, on fewer than 16 images with one thread: this is every
   FPN lateral conv (and R-50's bottleneck 1x1s) when a sweep trains at ``OMP_NUM_THREADS=1``, in
   the forward pass and the backward. :class:`OneDNNConv1x1` covers it. Found by
-  ``gflnb.optrace`` under an emulated AMD CPUID (experiments/portability/README.md).
+  ``gflnb.numerics.optrace`` under an emulated AMD CPUID (experiments/portability/README.md).
 """
 from __future__ import annotations
 

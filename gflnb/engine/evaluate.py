@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import CocoDetection, make_loader
+from ..data.coco import CocoDetection, make_loader
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -1,0 +1,1 @@
+"""The chapters' helpers: the numbers behind their figures, the figures, the explorer, notebook plumbing."""

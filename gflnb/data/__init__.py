@@ -1,0 +1,1 @@
+"""Data: COCO-format sets, the synthetic set, and the reference's preprocessing."""

@@ -1,0 +1,1 @@
+"""Training, evaluation, checkpoints, export and inference speed."""

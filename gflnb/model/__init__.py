@@ -1,0 +1,1 @@
+"""The GFL detector and its components: backbone, neck, head, and the quality and box representations."""

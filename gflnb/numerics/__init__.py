@@ -1,0 +1,1 @@
+"""The same numbers on every machine: portable kernels and math, and what a timing ran on."""
