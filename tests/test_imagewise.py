@@ -105,3 +105,15 @@ def test_paired_bootstrap_draws_the_same_images_for_both_runs():
     W = bootstrap_weights(len(images), 50, seed=1)
     assert (W.sum(1) == len(images)).all()
     assert boot[7, 2] == ap(b, W[7])
+
+
+def test_paired_difference_of_a_run_with_itself_is_exactly_zero_and_a_real_gap_is_seen():
+    from gflnb.study.imagewise import paired_difference
+    images, anns, cats, dets = _set(n_img=60, seed=7)
+    gt = _coco(images, anns, cats)
+    a = match_images(gt, dets)
+    worse = match_images(gt, [{**d, "score": 1 - d["score"]} for d in dets])  # scores reversed: AP falls
+    same = paired_difference([a, a], [a], n_boot=40)
+    assert same == dict(diff=0.0, sd=0.0, lo=0.0, hi=0.0)  # paired: the shared images cancel to the bit
+    gap = paired_difference([a], [worse], n_boot=200, seed=3)
+    assert gap["diff"] == ap(a) - ap(worse) > 0 and gap["sd"] > 0 and gap["lo"] < gap["diff"] < gap["hi"]

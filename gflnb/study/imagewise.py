@@ -126,17 +126,19 @@ def ap(m: ImageMatches, weights: Optional[np.ndarray] = None, orders: Optional[l
         keep = dw > 0
         idx, dw = idx[keep], dw[keep]
         match, ignore = m.det_match[idx], m.det_ignore[idx]  # [D, T]
-        tp = np.cumsum((match & ~ignore) * dw[:, None], axis=0)
+        tp = np.cumsum((match & ~ignore) * dw[:, None], axis=0)  # [D, T]
         fp = np.cumsum((~match & ~ignore) * dw[:, None], axis=0)
+        if not len(idx):
+            precision[:, :, k] = 0.0
+            continue
+        rc = tp / npig
+        pr = tp / (fp + tp + eps)
+        pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]  # the precision envelope, per threshold
         for t in range(T):
             q = np.zeros(R)
-            if len(idx):
-                rc = tp[:, t] / npig
-                pr = tp[:, t] / (fp[:, t] + tp[:, t] + eps)
-                pr = np.maximum.accumulate(pr[::-1])[::-1]  # the precision envelope
-                pos = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
-                ok = pos < len(pr)
-                q[ok] = pr[pos[ok]]
+            pos = np.searchsorted(rc[:, t], RECALL_THRESHOLDS, side="left")
+            ok = pos < len(idx)
+            q[ok] = pr[pos[ok], t]
             precision[t, :, k] = q
     valid = precision[precision > -1]
     return max(float(np.mean(valid)), 0.0) * 100 if valid.size else 0.0
@@ -165,3 +167,18 @@ def bootstrap_aps(runs: Sequence[ImageMatches], n_boot: int = 1000, seed: int = 
 def sampling_sd(run: ImageMatches, n_boot: int = 1000, seed: int = 0) -> float:
     """The sd of one run's AP over resamples of the images: the test set's part of its spread."""
     return float(bootstrap_aps([run], n_boot, seed)[:, 0].std(ddof=1))
+
+
+def paired_difference(better: Sequence[ImageMatches], worse: Sequence[ImageMatches], n_boot: int = 1000,
+                      seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
+    """The evaluation part of a claim: how the difference of the two variants' mean AP moves when
+    only the test images are resampled, the same images for every run of both (the models fixed).
+    ``dict(diff, sd, lo, hi)``: the difference on the set itself, the bootstrap sd and the
+    percentile interval at ``confidence``."""
+    runs = list(better) + list(worse)
+    boot = bootstrap_aps(runs, n_boot, seed)  # [B, runs]
+    d = boot[:, :len(better)].mean(1) - boot[:, len(better):].mean(1)
+    full = np.mean([ap(r) for r in better]) - np.mean([ap(r) for r in worse])
+    tail = (1 - confidence) / 2 * 100
+    return dict(diff=float(full), sd=float(d.std(ddof=1)), lo=float(np.percentile(d, tail)),
+                hi=float(np.percentile(d, 100 - tail)))
