@@ -192,11 +192,12 @@ def test_bad_checkpoint_or_output_fail_before_any_work(trained, tmp_path):
     assert not (tmp_path / "o2" / "results.json").exists()
 
 
-def test_explore_a_folder_without_annotations(trained):
+def test_explore_a_folder_without_annotations(trained, detector):
     import gflnb
     imgs = _val(trained)[1]
     model, _ = model_from_checkpoint(trained[1])
     ex = gflnb.explore(model, str(imgs), score_thr=0.05)
+    assert gflnb.explore(detector, str(imgs)).ds.class_names == detector.class_names
     assert len(ex.images) == 6 and not ex.has_gt
     ex.seek(0)
     d = ex.detail()

@@ -44,6 +44,11 @@ class Explorer:
     def __init__(self, model: GFL, dataset: Union[CocoDetection, ImageFolder, str, os.PathLike, Sequence[str]],
                  device: str = "cpu", score_thr: float = 0.3, images: Optional[Sequence[int]] = None,
                  iou_match: float = 0.5, class_names: Optional[Sequence[str]] = None):
+        if hasattr(model, "detect"):  # a gflnb.Detector: its torch model and class names
+            if model.model is None:
+                raise ValueError("the explorer needs a torch model: this Detector runs an ONNX file")
+            class_names = class_names if class_names is not None else model.class_names
+            model = model.model
         if isinstance(dataset, (str, os.PathLike, list, tuple)):  # a user's own pictures, without annotations
             dataset = ImageFolder(dataset, model.cfg, class_names)
         if not len(dataset):
@@ -274,9 +279,9 @@ class Explorer:
         display(self.widget())
 
 
-def explore(model: GFL, dataset: Union[CocoDetection, ImageFolder, str, os.PathLike, Sequence[str]],
+def explore(model: Union[GFL, Any], dataset: Union[CocoDetection, ImageFolder, str, os.PathLike, Sequence[str]],
             device: str = "cpu", score_thr: float = 0.3, images: Optional[Sequence[int]] = None,
             class_names: Optional[Sequence[str]] = None) -> Explorer:
-    """An :class:`Explorer` on ``model`` and ``dataset`` (a COCO set, or a folder, glob or list of image
-    files without annotations); shown as widgets when it is a cell's value."""
+    """An :class:`Explorer` on ``model`` (a GFL, or a ``gflnb.Detector``) and ``dataset`` (a COCO set, or
+    a folder, glob or list of image files without annotations); shown as widgets when it is a cell's value."""
     return Explorer(model, dataset, device=device, score_thr=score_thr, images=images, class_names=class_names)
