@@ -8,8 +8,10 @@ list of sources, each an image or a video, and the inputs it cannot use, each wi
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +67,33 @@ def list_inputs(inputs: Iterable[Union[str, os.PathLike]]) -> tuple[list[Source]
     return sources, skipped
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: libjpeg prints "Premature end of JPEG file" and the like there itself,
+    past OpenCV's log level, and a bad file is to cost one line (ours), not two."""
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def read_image(path: str) -> np.ndarray:
     """``[H, W, 3]`` uint8 BGR; ``ValueError`` with the reason when the file is not an image OpenCV reads."""
     import cv2
     if not cv2.haveImageReader(path):  # reads the signature only: a text file, an unknown format, a torn header
         raise ValueError("not an image OpenCV can read (unsupported format or corrupt header)")
     try:
-        return load_image(path)
+        with _quiet_stderr():
+            return load_image(path)
     except ValueError:
         raise ValueError("cannot decode image (corrupt or truncated)") from None
 

@@ -358,10 +358,14 @@ def run_predict(det: Detector, inputs: Sequence[str], out_dir: Union[str, os.Pat
     sources, skipped = list_inputs(inputs)
 
     def warn(path: str, why: str) -> None:
-        print(f"gflnb: skipped {path}: {why}", file=stderr)
+        tqdm.write(f"gflnb: skipped {path}: {why}", file=stderr)  # on its own line, above the progress bar
 
     for path, why in skipped:
         warn(path, why)
+
+    def skip_counted(path: str, why: str) -> None:  # a file the progress bar counted: it moves on
+        warn(path, why)
+        bar.update(1)
     n_frames = {s.path: int(cv2.VideoCapture(s.path).get(cv2.CAP_PROP_FRAME_COUNT)) for s in sources
                 if s.kind == "video"}
     total = sum(1 for s in sources if s.kind == "image") + sum(max(n, 0) for n in n_frames.values())
@@ -370,7 +374,7 @@ def run_predict(det: Detector, inputs: Sequence[str], out_dir: Union[str, os.Pat
     t0 = time.perf_counter()
     n_img = n_det = n_drawn = 0
     bar = tqdm(total=total, desc="predict", unit="img", disable=not progress, file=stderr)
-    frames = _frames(sources, skipped, warn)
+    frames = _frames(sources, skipped, skip_counted)
     while True:
         chunk = [f for _, f in zip(range(det.batch_size), frames)]
         if not chunk:
