@@ -114,6 +114,15 @@ def video_frames(path: str) -> Iterator[np.ndarray]:
         cap.release()
 
 
+def video_length(path: str) -> int:
+    """The frame count the container states (0 when unknown or unreadable)."""
+    import cv2
+    cap = cv2.VideoCapture(path)
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    return max(n, 0)
+
+
 def video_fps(path: str, default: float = 25.0) -> float:
     import cv2
     cap = cv2.VideoCapture(path)

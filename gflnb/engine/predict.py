@@ -341,7 +341,7 @@ def run_predict(det: Detector, inputs: Sequence[str], out_dir: Union[str, os.Pat
     import cv2
     from tqdm import tqdm
 
-    from ..data.folder import list_inputs, video_fps
+    from ..data.folder import list_inputs, video_fps, video_length
     from .draw import draw_detections
     stderr = stderr or sys.stderr
     out = check_writable_dir(out_dir)
@@ -366,9 +366,8 @@ def run_predict(det: Detector, inputs: Sequence[str], out_dir: Union[str, os.Pat
     def skip_counted(path: str, why: str) -> None:  # a file the progress bar counted: it moves on
         warn(path, why)
         bar.update(1)
-    n_frames = {s.path: int(cv2.VideoCapture(s.path).get(cv2.CAP_PROP_FRAME_COUNT)) for s in sources
-                if s.kind == "video"}
-    total = sum(1 for s in sources if s.kind == "image") + sum(max(n, 0) for n in n_frames.values())
+    total = sum(1 for s in sources if s.kind == "image") + sum(video_length(s.path) for s in sources
+                                                                if s.kind == "video")  # for the progress bar
     results, images, used = [], [], set()
     writers: dict[str, Any] = {}
     t0 = time.perf_counter()
