@@ -12,15 +12,19 @@ from .model import fuse  # noqa: E402,F401  (registers the inference path's FLOP
 portable.check()
 
 __version__ = "0.1.0"
-__all__ = ["GFL", "GFLHead", "GFLConfig", "PRESETS", "ConfigError", "CheckpointError", "build_model", "explore",
+__all__ = ["GFL", "GFLHead", "GFLConfig", "PRESETS", "ConfigError", "CheckpointError", "build_model", "Detector", "explore",
            "get_config", "load_checkpoint", "save_checkpoint", "__version__"]
 
 
 def __getattr__(name: str):
-    # gflnb.explore on first use: the explorer brings OpenCV, pandas, seaborn and (through seaborn)
+    # gflnb.explore and gflnb.Detector on first use: the explorer brings OpenCV, pandas, seaborn and (through seaborn)
     # ipywidgets, which the package itself (training, evaluation) does without
     if name == "explore":
         from .chapters.explorer import explore
         globals()["explore"] = explore
         return explore
+    if name == "Detector":  # the same: it reads images with OpenCV
+        from .engine.predict import Detector
+        globals()["Detector"] = Detector
+        return Detector
     raise AttributeError(f"module 'gflnb' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``gflnb`` command line: synth, train, evaluate, benchmark, sweep, export.
+"""``gflnb`` command line: synth, train, evaluate, predict, benchmark, sweep, export.
 
 Bad input gives one line, ``gflnb: error: ...``, and exit status 2; never a traceback wall.
 """
@@ -58,6 +58,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--plain", action="store_true",
                    help="run the model as built (BN not folded, NCHW) instead of the inference path")
+
+    r = sub.add_parser("predict", help="detect on your own images, folders, globs or videos; draw and write JSON")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="an image, a folder, a glob ('imgs/*.jpg') or a video")
+    r.add_argument("--config", help="the preset the checkpoint was trained from (gflnb's own files carry it)")
+    r.add_argument("--checkpoint", help="gflnb's or mmdetection's checkpoint")
+    r.add_argument("--onnx", help="run this exported model (gflnb export) with onnxruntime instead")
+    r.add_argument("--out", required=True, help="folder for results.json, images.json and the drawn images")
+    r.add_argument("--score-thr", type=float, help="keep detections above this (default: the config's, 0.05)")
+    r.add_argument("--draw-thr", type=float, default=0.3, help="draw detections scoring at least this")
+    r.add_argument("--no-bars", action="store_true", help="no uncertainty bars on the box sides")
+    r.add_argument("--no-draw", action="store_true", help="results JSON only")
+    r.add_argument("--full-dists", action="store_true", help="also write every box's four distributions")
+    r.add_argument("--ann", help="COCO annotations whose image ids the results take (to evaluate them)")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    r.add_argument("--no-progress", action="store_true")
 
     b = sub.add_parser("benchmark", help="batch-1 inference speed")
     b.add_argument("--config", default="gfl_r50_fpn_1x_coco")
@@ -169,27 +186,38 @@ def _cmd_benchmark(a) -> None:
 
 
 def _cmd_export(a) -> None:
-    from .engine.checkpoint import load_checkpoint, read_checkpoint
-    from .config import from_dict, get_config
+    from .engine.checkpoint import model_from_checkpoint
+    from .config import get_config
     from .model.detector import GFL
     from .engine.export import export_onnx
     if bool(a.checkpoint) == bool(a.random_weights):
         raise ValueError("give --checkpoint PATH, or --random-weights to export an untrained model")
     over = _overrides(a.set)
     cfg = get_config(a.config, pretrained_backbone=False, **over)  # an unknown preset fails here
-    ck = read_checkpoint(a.checkpoint) if a.checkpoint else None
-    meta = ck.get("meta") if ck is not None else None
-    if isinstance(meta, dict) and isinstance(meta.get("config"), dict):  # gflnb's own: its classes and fields
-        saved = from_dict(meta["config"])
-        if saved.name != cfg.name:
-            raise ValueError(f"checkpoint {a.checkpoint} was trained from preset {saved.name!r}, not {a.config!r}")
-        cfg = from_dict({**saved.to_dict(), "pretrained_backbone": False, **over})
-    model = GFL(cfg)
-    if ck is not None:
-        load_checkpoint(model, ck)  # a checkpoint of another architecture: one CheckpointError naming the keys
-    out = export_onnx(model.eval(), a.out)
+    if a.checkpoint:  # gflnb's own files: their classes and fields; another architecture: one CheckpointError
+        model, meta = model_from_checkpoint(a.checkpoint, a.config, **over)
+        cfg = model.cfg
+    else:
+        model, meta = GFL(cfg), {}
+    out = export_onnx(model.eval(), a.out, classes=meta.get("classes"), label2cat=meta.get("label2cat"))
     print(f"{out}: {cfg.name}, {cfg.num_classes} classes, input [B, 3, H, W] (H, W multiples of "
           f"{cfg.size_divisor}), outputs boxes and scores before NMS")
+
+
+def _cmd_predict(a) -> None:
+    from .engine.predict import Detector, PredictError, check_writable_dir, run_predict, summary_line
+    if bool(a.checkpoint) == bool(a.onnx):
+        raise PredictError("give --checkpoint PATH, or --onnx FILE (gflnb export)")
+    check_writable_dir(a.out)  # before loading anything: a bad output path fails at once
+    if a.onnx:
+        det = Detector(a.config, onnx=a.onnx, batch_size=a.batch_size)
+    else:
+        det = Detector(a.config, a.checkpoint, device=a.device, batch_size=a.batch_size, **_overrides(a.set))
+    s = run_predict(det, a.inputs, a.out, a.score_thr, a.draw_thr, bars=not a.no_bars, draw=not a.no_draw, ann=a.ann,
+                    full_dists=a.full_dists, progress=not a.no_progress)
+    print(summary_line(s))
+    if not s["images"]:
+        raise PredictError(f"no image could be read from {' '.join(a.inputs)}")
 
 
 def _cmd_sweep(a) -> None:
@@ -240,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              TrackingError, FileNotFoundError, ValueError, KeyError, RuntimeError)
     try:
         {"synth": _cmd_synth, "train": _cmd_train, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark,
-         "sweep": _cmd_sweep, "export": _cmd_export, "mlflow-import": _cmd_mlflow_import}[args.cmd](args)
+         "sweep": _cmd_sweep, "export": _cmd_export, "predict": _cmd_predict, "mlflow-import": _cmd_mlflow_import}[args.cmd](args)
     except known as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"gflnb: error: {msg}", file=sys.stderr)

@@ -18,6 +18,7 @@ from ..engine.checkpoint import load_checkpoint, read_checkpoint
 from ..config import GFLConfig, from_dict, get_config
 from ..data.coco import CocoDetection, Collate
 from ..model.detector import GFL
+from ..engine.predict import dist_std, entropy  # noqa: F401  (their home: the per-box uncertainty of gflnb.Detector)
 
 SIDES = ("left", "top", "right", "bottom")
 
@@ -52,20 +53,6 @@ def load_model(checkpoint: str | Path, config: Optional[str | GFLConfig] = None,
     model = GFL(cfg)
     load_checkpoint(model, ck)
     return model.eval()
-
-
-def entropy(p: Tensor | np.ndarray, axis: int = -1) -> np.ndarray:
-    """Shannon entropy (nats) of distributions along ``axis``."""
-    p = np.asarray(p, dtype=np.float64)
-    return -(p * np.log(np.clip(p, 1e-12, 1))).sum(axis)
-
-
-def dist_std(p: Tensor | np.ndarray) -> np.ndarray:
-    """Standard deviation (in bins) of distributions over bins 0..R on the last axis."""
-    p = np.asarray(p, dtype=np.float64)
-    bins = np.arange(p.shape[-1])
-    mean = (p * bins).sum(-1, keepdims=True)
-    return np.sqrt((p * (bins - mean) ** 2).sum(-1))
 
 
 @torch.no_grad()

@@ -7,11 +7,16 @@ selected detection is drawn with :func:`gflnb.chapters.gallery.draw_edge_distrib
 checkpoint and any COCO-format dataset; the synthetic set's recorded edge ambiguity is shown when
 the annotations have it. :meth:`Explorer.render` draws the same view as a static figure (the book
 has no kernel to run widgets).
+
+``explore(model, "folder/")`` (a folder, a glob, or a list of image files) steps through a user's own
+pictures: no annotations, so no gt is drawn and only the predicted boxes can be chosen
+(:class:`gflnb.data.folder.ImageFolder`).
 """
 from __future__ import annotations
 
 import io
-from typing import Any, Optional, Sequence
+import os
+from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -20,6 +25,7 @@ from matplotlib.figure import Figure
 
 from .analysis import best_match, predict_images
 from ..data.coco import CocoDetection
+from ..data.folder import ImageFolder
 from ..model.detector import GFL
 from .gallery import draw_edge_distributions
 from ..data.preprocess import load_image
@@ -35,8 +41,16 @@ class Explorer:
     ``selected`` indexes :meth:`items`.
     """
 
-    def __init__(self, model: GFL, dataset: CocoDetection, device: str = "cpu", score_thr: float = 0.3,
-                 images: Optional[Sequence[int]] = None, iou_match: float = 0.5):
+    def __init__(self, model: GFL, dataset: Union[CocoDetection, ImageFolder, str, os.PathLike, Sequence[str]],
+                 device: str = "cpu", score_thr: float = 0.3, images: Optional[Sequence[int]] = None,
+                 iou_match: float = 0.5, class_names: Optional[Sequence[str]] = None):
+        if hasattr(model, "detect"):  # a gflnb.Detector: its torch model and class names
+            if model.model is None:
+                raise ValueError("the explorer needs a torch model: this Detector runs an ONNX file")
+            class_names = class_names if class_names is not None else model.class_names
+            model = model.model
+        if isinstance(dataset, (str, os.PathLike, list, tuple)):  # a user's own pictures, without annotations
+            dataset = ImageFolder(dataset, model.cfg, class_names)
         if not len(dataset):
             raise ValueError("the dataset has no images")
         self.model = model.inference_net(device)  # built once for all the views
@@ -47,6 +61,7 @@ class Explorer:
         bad = [i for i in self.images if not 0 <= i < len(dataset)]
         if bad:
             raise IndexError(f"image indices {bad[:5]} are outside the dataset (0..{len(dataset) - 1})")
+        self.has_gt = not isinstance(dataset, ImageFolder)  # a folder of pictures: no gt to draw or choose
         self.position, self.score_thr, self.mode, self.selected = 0, float(score_thr), "predicted", 0
         self._pred: dict[int, dict] = {}
         self._items: list[dict] = []
@@ -221,7 +236,7 @@ class Explorer:
         c["list"] = W.Select(options=[], rows=10, description="boxes", layout=W.Layout(width="330px"))
         c["threshold"] = W.FloatSlider(value=self.score_thr, min=0.05, max=0.95, step=0.05, description="score >=",
                                        continuous_update=False)
-        c["mode"] = W.ToggleButtons(options=list(MODES), value=self.mode, description="choose among",
+        c["mode"] = W.ToggleButtons(options=list(MODES) if self.has_gt else ["predicted"], value=self.mode, description="choose among",
                                     tooltips=["the detections", "the gt boxes, via their best detection"])
         c["image_no"] = W.IntSlider(value=self.position, min=0, max=len(self.images) - 1, description="image",
                                     continuous_update=False)
@@ -264,7 +279,9 @@ class Explorer:
         display(self.widget())
 
 
-def explore(model: GFL, dataset: CocoDetection, device: str = "cpu", score_thr: float = 0.3,
-            images: Optional[Sequence[int]] = None) -> Explorer:
-    """An :class:`Explorer` on ``model`` and ``dataset``; shown as widgets when it is a cell's value."""
-    return Explorer(model, dataset, device=device, score_thr=score_thr, images=images)
+def explore(model: Union[GFL, Any], dataset: Union[CocoDetection, ImageFolder, str, os.PathLike, Sequence[str]],
+            device: str = "cpu", score_thr: float = 0.3, images: Optional[Sequence[int]] = None,
+            class_names: Optional[Sequence[str]] = None) -> Explorer:
+    """An :class:`Explorer` on ``model`` (a GFL, or a ``gflnb.Detector``) and ``dataset`` (a COCO set, or
+    a folder, glob or list of image files without annotations); shown as widgets when it is a cell's value."""
+    return Explorer(model, dataset, device=device, score_thr=score_thr, images=images, class_names=class_names)

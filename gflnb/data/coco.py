@@ -25,6 +25,44 @@ from ..config import GFLConfig
 from .preprocess import load_image, preprocess, resize_keep_ratio
 
 
+# COCO 2017's 80 detection classes in category-id order (mmdetection's CocoDataset.METAINFO), and their
+# ids: what a model-zoo checkpoint's labels 0..79 mean, for files that carry no class list of their own.
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush")
+COCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+                     31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+                     56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+                     85, 86, 87, 88, 89, 90)
+assert len(COCO_CLASSES) == len(COCO_CATEGORY_IDS) == 80
+
+
+def class_names_for(num_classes: int, meta: Optional[dict] = None) -> list[str]:
+    """What labels ``0..C-1`` are called: a gflnb checkpoint's ``meta['classes']``, COCO's 80 for an
+    80-class model (the model zoo's), else the label numbers."""
+    names = (meta or {}).get("classes")
+    if isinstance(names, (list, tuple)) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return list(COCO_CLASSES) if num_classes == len(COCO_CLASSES) else [str(i) for i in range(num_classes)]
+
+
+def label_to_category(num_classes: int, meta: Optional[dict] = None) -> dict[int, int]:
+    """The COCO ``category_id`` of each label, as :func:`class_names_for` names them (label itself when unknown)."""
+    saved = (meta or {}).get("label2cat")
+    if isinstance(saved, dict) and len(saved) == num_classes:
+        return {int(k): int(v) for k, v in saved.items()}
+    if num_classes == len(COCO_CATEGORY_IDS):
+        return dict(enumerate(COCO_CATEGORY_IDS))
+    return {i: i for i in range(num_classes)}
+
+
 class DataError(ValueError):
     """Malformed annotations or unreadable images; the message names the file and the id."""
 

@@ -104,3 +104,36 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], meta: Mappi
     """gflnb's format: ``{'state_dict', 'meta', ...extra}`` (mmdet-compatible at the top level)."""
     m = model.module if hasattr(model, "module") else model
     atomic_save(dict(state_dict=m.state_dict(), meta=dict(meta or {}), **extra), path)
+
+
+def model_from_checkpoint(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], config: Any = None,
+                          **overrides: Any) -> tuple[nn.Module, dict]:
+    """An eval-mode GFL holding a checkpoint's weights, and the checkpoint's ``meta``.
+
+    gflnb's own files carry their config (classes and every field): ``config``, when given, must name
+    the preset they were trained from. mmdetection's (model-zoo) files carry none: ``config`` (a
+    preset name or a config) says what they are. Either way a checkpoint of another architecture
+    fails in :func:`load_checkpoint` with one :class:`CheckpointError` naming the keys.
+    """
+    from ..config import from_dict, get_config
+    from ..model.detector import GFL
+    obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    meta = obj.get("meta")
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    saved = meta.get("config")
+    where = f"checkpoint {checkpoint}" if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    if isinstance(saved, Mapping):
+        cfg = from_dict(dict(saved))
+        if config is not None:
+            name = config if isinstance(config, str) else config.name
+            get_config(name)  # an unknown preset fails here, with the list of known ones
+            if cfg.name != name:
+                raise CheckpointError(f"{where} was trained from preset {cfg.name!r}, not {name!r}")
+        cfg = from_dict({**cfg.to_dict(), "pretrained_backbone": False, **overrides})
+    elif config is None:
+        raise CheckpointError(f"{where} carries no config (a model-zoo file?): name its preset")
+    else:
+        cfg = get_config(config, pretrained_backbone=False, **overrides)
+    model = GFL(cfg)
+    load_checkpoint(model, obj)
+    return model.eval(), meta

@@ -31,6 +31,15 @@ class EvalResult:
         return dict(metrics=self.metrics, per_class=self.per_class)
 
 
+def coco_result(image_id: int, category_id: int, box: Any, score: float) -> dict:
+    """One detection as a COCO result: ``box`` xyxy in original pixels -> ``bbox [x, y, w, h]``, rounded
+    as every results file gflnb writes (``gflnb evaluate``'s, ``gflnb predict``'s)."""
+    x1, y1, x2, y2 = box  # float32: the width is taken in the boxes' own precision
+    return dict(image_id=image_id, category_id=category_id,
+                bbox=[round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
+                score=round(float(score), 5))
+
+
 @torch.no_grad()
 def predict_dataset(model: nn.Module, ds: CocoDetection, device: torch.device | str = "cpu", batch_size: int = 8,
                     progress: bool = True, fast: bool = True) -> list[dict]:
@@ -48,10 +57,8 @@ def predict_dataset(model: nn.Module, ds: CocoDetection, device: torch.device | 
         dets = model.predict(images.to(device), metas, rescale=True, fast=fast)
         for det, meta in zip(dets, metas):
             b = det["boxes"].float().cpu().numpy()
-            for (x1, y1, x2, y2), s, lab in zip(b, det["scores"].cpu().tolist(), det["labels"].cpu().tolist()):
-                results.append(dict(image_id=int(meta["img_id"]), category_id=int(ds.label2cat[lab]),
-                                    bbox=[round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3),
-                                          round(float(y2 - y1), 3)], score=round(float(s), 5)))
+            for box, s, lab in zip(b, det["scores"].cpu().tolist(), det["labels"].cpu().tolist()):
+                results.append(coco_result(int(meta["img_id"]), int(ds.label2cat[lab]), box, s))
     model.train(was_training)
     return results
 

@@ -13,9 +13,11 @@ The graph (:func:`export_onnx`) takes ``images [B, 3, H, W]`` (normalized and pa
 
 Outputs, levels concatenated (P3 first, row-major within a level, as the head orders anchors):
 ``boxes [B, A, 4]`` (xyxy in pixels of the input, not yet clamped), ``scores [B, A, C]`` (what the
-score threshold and ``nms_pre`` see) and, for a separate quality branch (``centerness``, ``iou``)
+score threshold and ``nms_pre`` see), for a separate quality branch (``centerness``, ``iou``)
 only, ``quality [B, A]``, the sigmoid factor the kept scores are multiplied by before NMS (mmdet
-3.x ``score_factors``). The model's config travels in the file's metadata (key ``gflnb``).
+3.x ``score_factors``) and, for a box distribution (``dfl``, ``integral``) only, ``dists [B, A, 4,
+R+1]``, each side's bin probabilities, from which ``gflnb.Detector`` reads every detection's
+uncertainty (files exported before it lack this output and give detections without it). The model's config travels in the file's metadata (key ``gflnb``).
 
 **NMS is not in the graph.** :func:`postprocess` does the rest in numpy: per level the (anchor,
 class) pairs over ``score_thr`` and the best ``nms_pre``, the clamp to the image's own unpadded
@@ -83,13 +85,15 @@ class ExportNet(nn.Module):
         self.net = net.to(memory_format=torch.contiguous_format).requires_grad_(False)
         head = self.net.bbox_head
         self.has_quality = head.quality.extra_channels > 0
-        self.output_names = ["boxes", "scores"] + (["quality"] if self.has_quality else [])
+        self.has_dists = head.box_coder.has_distribution
+        self.output_names = (["boxes", "scores"] + (["quality"] if self.has_quality else [])
+                             + (["dists"] if self.has_dists else []))
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         head = self.net.bbox_head
         cls_scores, bbox_preds = self.net(images)
         C = head.num_classes
-        boxes_l, scores_l, quality_l = [], [], []
+        boxes_l, scores_l, quality_l, dists_l = [], [], [], []
         for cls, reg, s in zip(cls_scores, bbox_preds, head.strides):
             B, h, w = cls.shape[0], cls.shape[2], cls.shape[3]  # traced: dynamic in the graph
             cls_f = cls.permute(0, 2, 3, 1).reshape(-1, C)  # [B*h*w, C]
@@ -107,8 +111,11 @@ class ExportNet(nn.Module):
             scores_l.append(scores.reshape(B, -1, C))
             if factor is not None:
                 quality_l.append(factor.reshape(B, -1))
+            if self.has_dists:
+                dists_l.append(head.box_coder.distribution(box_f).reshape(B, -1, 4, head.reg_max + 1))  # [B, h*w, 4, R+1]
         out = (torch.cat(boxes_l, 1), torch.cat(scores_l, 1))
-        return out + (torch.cat(quality_l, 1),) if quality_l else out
+        out = out + (torch.cat(quality_l, 1),) if quality_l else out
+        return out + (torch.cat(dists_l, 1),) if dists_l else out
 
 
 def _check_writable(out: Path) -> None:
@@ -123,8 +130,12 @@ def _check_writable(out: Path) -> None:
 
 @torch.no_grad()
 def export_onnx(model: GFL, out: Union[str, os.PathLike], opset: int = OPSET,
-                sample_hw: Sequence[int] = SAMPLE_HW) -> Path:
+                sample_hw: Sequence[int] = SAMPLE_HW, classes: Optional[Sequence[str]] = None,
+                label2cat: Optional[Mapping[int, int]] = None) -> Path:
     """Write ``model``'s inference path to ``out`` as ONNX (see the module docstring); returns ``out``.
+
+    ``classes`` and ``label2cat`` (a gflnb checkpoint's ``meta``) travel in the metadata too, so that
+    ``gflnb.Detector(onnx=...)`` names classes and COCO category ids as the checkpoint did.
 
     Written to a temporary file beside ``out`` and renamed into place, so a failed export leaves
     no partial file.
@@ -153,6 +164,10 @@ def export_onnx(model: GFL, out: Union[str, os.PathLike], opset: int = OPSET,
                               output_names=net.output_names, dynamic_axes=axes, do_constant_folding=True)
         proto = onnx.load(tmp)
         meta = dict(config=cfg.to_dict(), outputs=net.output_names, opset=opset)
+        if classes is not None:
+            meta["classes"] = [str(c) for c in classes]
+        if label2cat is not None:
+            meta["label2cat"] = {str(k): int(v) for k, v in label2cat.items()}
         proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
@@ -207,7 +222,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
 def postprocess(boxes: np.ndarray, scores: np.ndarray, quality: Optional[np.ndarray], level_sizes: Sequence[int],
                 img_shape: Sequence[int], scale_factor: Optional[Sequence[float]] = None, *,
                 score_thr: float = 0.05, nms_pre: int = 1000, iou_threshold: float = 0.6, max_per_img: int = 100,
-                min_bbox_size: float = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                min_bbox_size: float = 0, with_index: bool = False) -> tuple[np.ndarray, ...]:
     """One image's graph outputs -> ``(boxes [K, 4], scores [K], labels [K])``, as ``GFLHead.predict``.
 
     ``boxes [A, 4]``, ``scores [A, C]``, ``quality [A]`` or None (the graph's outputs for one
@@ -215,13 +230,15 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, quality: Optional[np.ndar
     ``(h, w)`` before padding (boxes are clamped to it), ``scale_factor`` its ``(w, h)`` resize
     factors (boxes are divided by them: ``rescale=True``; None keeps the resized image's pixels).
     The settings default to the config's; :class:`OnnxDetector` passes the exported model's own.
+    ``with_index=True`` adds ``anchors [K]``, each detection's anchor (row of ``boxes``), to read the
+    graph's other per-anchor outputs (``dists``) for the detections.
     """
     if sum(level_sizes) != boxes.shape[0]:
         raise ValueError(f"postprocess: levels of {list(level_sizes)} anchors ({sum(level_sizes)}) but "
                          f"{boxes.shape[0]} boxes")
     h, w = img_shape[0], img_shape[1]
     thr = np.float32(score_thr)  # torch compares a float32 tensor with a Python float in float32
-    boxes_l, scores_l, labels_l = [], [], []
+    boxes_l, scores_l, labels_l, index_l = [], [], [], []
     start = 0
     for n in level_sizes:
         level = slice(start, start + n)
@@ -237,20 +254,22 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, quality: Optional[np.ndar
         boxes_l.append(b)
         scores_l.append(cand if quality is None else cand * quality[level][a_idx])
         labels_l.append(labels)
+        index_l.append(a_idx + level.start)
     boxes_k = np.concatenate(boxes_l).astype(np.float32, copy=False)
     scores_k = np.concatenate(scores_l).astype(np.float32, copy=False)
     labels_k = np.concatenate(labels_l).astype(np.int64)
+    index_k = np.concatenate(index_l).astype(np.int64)
     if scale_factor is not None:
         sw, sh = scale_factor[0], scale_factor[1]
         boxes_k = boxes_k * np.array([1 / sw, 1 / sh, 1 / sw, 1 / sh], dtype=np.float32)
     if min_bbox_size >= 0:
         m = np.float32(min_bbox_size)
         ok = ((boxes_k[:, 2] - boxes_k[:, 0]) > m) & ((boxes_k[:, 3] - boxes_k[:, 1]) > m)
-        boxes_k, scores_k, labels_k = boxes_k[ok], scores_k[ok], labels_k[ok]
+        boxes_k, scores_k, labels_k, index_k = boxes_k[ok], scores_k[ok], labels_k[ok], index_k[ok]
     if boxes_k.shape[0] > 0:
         keep = batched_nms(boxes_k, scores_k, labels_k, iou_threshold)[:max_per_img]
-        boxes_k, scores_k, labels_k = boxes_k[keep], scores_k[keep], labels_k[keep]
-    return boxes_k, scores_k, labels_k
+        boxes_k, scores_k, labels_k, index_k = boxes_k[keep], scores_k[keep], labels_k[keep], index_k[keep]
+    return (boxes_k, scores_k, labels_k) + ((index_k,) if with_index else ())
 
 
 # --------------------------------------------------------------------------- the runner
@@ -289,6 +308,7 @@ class OnnxDetector:
         info = json.loads(raw)
         self.cfg = from_dict(info["config"])
         self.output_names = list(info["outputs"])
+        self.meta = {k: info[k] for k in ("classes", "label2cat") if k in info}  # the checkpoint's, when exported
         self.settings = {k: getattr(self.cfg, k) for k in TEST_FIELDS}
         self.settings.update(test_overrides)
 
@@ -298,9 +318,19 @@ class OnnxDetector:
         return dict(zip(self.output_names, outs))
 
     def predict(self, images: Union[Tensor, np.ndarray], metas: Sequence[Mapping[str, Any]],
-                rescale: bool = True) -> list[dict[str, Tensor]]:
+                rescale: bool = True, with_dist: bool = False, **test_overrides: Any) -> list[dict[str, Tensor]]:
         """Per image ``dict(boxes [K, 4], scores [K], labels [K])`` by descending score, as
-        ``GFL.predict``; ``metas`` give each image's ``img_shape`` (and ``scale_factor`` to rescale)."""
+        ``GFL.predict``; ``metas`` give each image's ``img_shape`` (and ``scale_factor`` to rescale).
+        ``with_dist=True`` adds ``dists [K, 4, R+1]`` and ``strides [K]``, as ``GFL.predict`` does; it
+        needs a file exported with the ``dists`` output. ``test_overrides`` replace this call's
+        settings (``score_thr``, ...), as ``GFL.predict``'s do."""
+        unknown = set(test_overrides) - set(TEST_FIELDS)
+        if unknown:
+            raise ValueError(f"OnnxDetector.predict: unknown settings {sorted(unknown)}")
+        settings = {**self.settings, **test_overrides}
+        if with_dist and "dists" not in self.output_names:
+            raise ValueError("with_dist=True needs the graph's 'dists' output: this file has none (exported "
+                             "before it existed, or from a model without a box distribution)")
         x = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"OnnxDetector expects images [B, 3, H, W], got {tuple(x.shape)}")
@@ -308,13 +338,17 @@ class OnnxDetector:
             raise ValueError(f"OnnxDetector.predict: {x.shape[0]} images but {len(metas)} metas")
         out = self.run(x)
         sizes = [h * w for h, w in featmap_sizes_for(x.shape[2:], self.cfg.strides)]
+        anchor_strides = np.repeat(np.asarray(self.cfg.strides, np.float32), sizes)  # [A]
         results = []
         for i, meta in enumerate(metas):
             sf = _meta(meta, "scale_factor", i) if rescale else None
             q = out["quality"][i] if "quality" in out else None
-            b, s, lab = postprocess(out["boxes"][i], out["scores"][i], q, sizes, _meta(meta, "img_shape", i), sf,
-                                    **self.settings)
-            results.append(dict(boxes=torch.from_numpy(b), scores=torch.from_numpy(s), labels=torch.from_numpy(lab)))
+            b, s, lab, idx = postprocess(out["boxes"][i], out["scores"][i], q, sizes, _meta(meta, "img_shape", i), sf,
+                                         **settings, with_index=True)
+            r = dict(boxes=torch.from_numpy(b), scores=torch.from_numpy(s), labels=torch.from_numpy(lab))
+            if with_dist:
+                r.update(dists=torch.from_numpy(out["dists"][i][idx]), strides=torch.from_numpy(anchor_strides[idx]))
+            results.append(r)
         return results
 
 
