@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -405,18 +405,20 @@ def write_table(grid: Grid, points: Sequence[Point]) -> Path:
     return path
 
 
+# A sink of the records: called with each finished point's record as it comes in, and once at the end
+# with None (every record of the grid); gflnb/study/tracking.py's mlflow_sink is one (gflnb sweep --mlflow)
+Sink = Callable[[Grid, Optional[Sequence[dict]]], None]
+
+
 def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Optional[Sequence[str]] = None,
-              seeds: Optional[Sequence[int]] = None, progress: bool = True, mlflow: bool = False,
+              seeds: Optional[Sequence[int]] = None, progress: bool = True, sink: Optional[Sink] = None,
               executor: str = "local", slurm: Optional[SlurmOptions] = None,
               sets: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run every point not yet done, ``jobs`` at a time, on ``executor`` (gflnb/study/executors.py: local,
     dask://HOST:PORT, slurm, submitit-local); returns counts and the table's path.
-    ``mlflow``: also import each finished point, and at the end all, into OUT/mlflow.db (gflnb/study/tracking.py)."""
+    ``sink``: also hand it each finished point's record, and at the end all of them (:data:`Sink`)."""
     from .executors import alive, drive, open_backend
     grid = load_grid(grid_file, sets)
-    if mlflow:
-        from .tracking import mlflow_sink, require_mlflow
-        require_mlflow()  # missing: one line now, not after hours of runs
     points = grid.select(only, seeds)
     every = grid.select()  # the table always covers the whole grid: --only reruns rows, never drops the rest
     backend = open_backend(executor, jobs, grid.out / "submitit", slurm or SlurmOptions(), grid.jobs)
@@ -459,8 +461,8 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
             with lock:
                 failed += rec["status"] != "ok"
                 write_table(grid, every)  # after every point: a killed sweep leaves its table current
-                if mlflow:
-                    mlflow_sink(grid, [rec])
+                if sink is not None:
+                    sink(grid, [rec])
                 ap = rec.get("metrics", {}).get("AP")
                 bar.set_postfix_str(f"{rec['variant']} s{rec['seed']}: " +
                                     (f"AP {ap:.1f}" if rec["status"] == "ok" else "failed"))
@@ -470,8 +472,8 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     bar.close()
     summarized = add_background(grid, points)
     table = write_table(grid, every)
-    if mlflow:  # every record, with the background summaries added since
-        mlflow_sink(grid)
+    if sink is not None:  # every record, with the background summaries added since
+        sink(grid, None)
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
                    wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT),
                    running=elsewhere, executor=executor)
