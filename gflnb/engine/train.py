@@ -24,6 +24,7 @@ from . import dist
 from .checkpoint import atomic_save, read_checkpoint
 from ..config import GFLConfig, from_dict
 from ..data.coco import CocoDetection, epoch_batches, make_loader
+from ..files import atomic_write_text
 from ..model.detector import GFL
 from .ema import make_ema
 from ..numerics.machine import machine_info
@@ -132,9 +133,7 @@ class JsonlLog:
                     continue
                 if rec.get("iter", 0) <= keep_until_iter:
                     keep.append(ln)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in keep))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.sinks: list = []  # each has write(rec), flush() and close(), and never raises
 

@@ -46,6 +46,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..files import atomic_write_text
 from .executors import SlurmOptions
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: gflnb/<role>/<module>.py
@@ -226,13 +227,6 @@ def failure_line(output: str) -> str:
     return next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _done(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
     rp = record_path(grid, p)
     if not rp.exists():
@@ -264,7 +258,7 @@ def _claim(grid: Grid, p: Point, executor: str, job_id: str) -> None:
                submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), starts=int((run or {}).get("starts", 0)))
     if executor == "submitit-local":  # its job id is its process's pid, on this host
         rec.update(host=socket.gethostname(), pid=int(job_id))
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1))
 
 
 def _lost(grid: Grid, p: Point, e: BaseException) -> dict:
@@ -272,7 +266,7 @@ def _lost(grid: Grid, p: Point, e: BaseException) -> dict:
     rec = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=command(grid, p),
                parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT), status="failed",
                error=f"lost: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1))
     return rec
 
 
@@ -320,7 +314,7 @@ def run_point(grid: Grid, p: Point) -> dict:
         mp.unlink()  # a metrics file from an earlier, killed attempt must not pass for this one's
     proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=die_with_parent)
-    _atomic_write(record_path(grid, p), json.dumps(
+    atomic_write_text(record_path(grid, p), json.dumps(
         {**rec, "status": "running", **where, "pid": proc.pid, "pid_started": process_started(proc.pid),
          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "starts": starts}, indent=1, default=str))
     stdout, stderr = proc.communicate()
@@ -346,7 +340,7 @@ def run_point(grid: Grid, p: Point) -> dict:
         except Exception as e:  # the row stands without it; add_background, the driver's repair pass, retries
             import warnings
             warnings.warn(f"{p.id}: no background summary ({e})")
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1, default=str))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1, default=str))
     return rec
 
 
@@ -368,7 +362,7 @@ def add_background(grid: Grid, points: Sequence[Point]) -> int:
         except Exception as e:  # the row stands without it; the chapter says what is missing
             warnings.warn(f"{p.id}: no background summary ({e})")
             continue
-        _atomic_write(rp, json.dumps(rec, indent=1, default=str))
+        atomic_write_text(rp, json.dumps(rec, indent=1, default=str))
         n += 1
     return n
 
@@ -401,7 +395,7 @@ def write_table(grid: Grid, points: Sequence[Point]) -> Path:
             rec = None  # a record from another grid (other parameters) is not this point's result
         w.writerow(_row(grid, p, rec))
     path = grid.out / "results.csv"
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
@@ -477,5 +471,5 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
                    wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT),
                    running=elsewhere, executor=executor)
-    _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))
+    atomic_write_text(grid.out / "sweep.json", json.dumps(summary, indent=1))
     return summary
