@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import patches
 
+from ..engine.evaluate import AP_NAMES
 from .analysis import SIDES, correlation
 from .gallery import PALETTE, draw_edge_distributions
 
@@ -153,7 +154,7 @@ def draw_detections(ax, img_bgr: np.ndarray, det: dict, names: Sequence[str], gt
 
 # ------------------------------------------------------------------ chapter 4: evaluation
 def plot_ap_comparison(ours: dict[str, float], seed: Optional[dict[str, float]], title: str):
-    keys = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    keys = list(AP_NAMES)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     x = np.arange(len(keys))
     ax.bar(x - 0.2 if seed else x, [ours[k] for k in keys], width=0.4, label="this run", color=PALETTE[0])

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..engine.evaluate import AP_NAMES
 from . import paper
 from .stats import CONFIDENCE, _values, holm, welch
 
@@ -30,7 +31,7 @@ RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mea
         "paper's direction, is reversed when it lies below 0, and is not resolved when it contains 0 or "
         "either variant has fewer than 2 successful seeds")
 MAX_SEEDS = 100  # seeds_needed searches up to this many per variant
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_KEYS = AP_NAMES  # the COCO APs of a row (gflnb/engine/evaluate.py)
 
 
 # ------------------------------------------------------------------ the verdict rule

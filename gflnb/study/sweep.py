@@ -46,13 +46,14 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..engine.evaluate import AP_NAMES
 from ..files import atomic_write_text
 from .executors import SlurmOptions
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: gflnb/<role>/<module>.py
-COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "test_AP", "status", "error", "iterations",
-           "command", "metrics_path", "record_path")
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_KEYS = AP_NAMES  # the COCO APs a record's metrics hold (gflnb/engine/evaluate.py)
+COLUMNS = ("variant", "seed", *AP_KEYS, "test_AP", "status", "error", "iterations", "command", "metrics_path",
+           "record_path")
 # Variants whose records carry the background-anchor summary of the paper's Fig. 2 (chapter 7);
 # qfl_dirac is the joint score on the separate branches' (Dirac) box
 BACKGROUND_VARIANTS = ("gfl", "iou", "centerness", "dgqp", "qfl_dirac")

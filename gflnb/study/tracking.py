@@ -32,7 +32,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .sweep import AP_KEYS, Grid, Point, command, load_grid, record_path
+from ..engine.evaluate import AP_NAMES
+from .sweep import Grid, Point, command, load_grid, record_path
 
 TAG_POINT = "gflnb.point_id"
 TAG_HASH = "gflnb.record_sha256"
@@ -129,11 +130,11 @@ def _params(rec: dict) -> dict[str, str]:
 def _metrics(rec: dict, now_ms: int) -> list:
     """The final APs (and counts) at step 0, and the learning curve at step = epoch."""
     from mlflow.entities import Metric
-    final = {**{k: v for k, v in (rec.get("metrics") or {}).items() if k in AP_KEYS},
+    final = {**{k: v for k, v in (rec.get("metrics") or {}).items() if k in AP_NAMES},
              **{k: rec[k] for k in _SCALARS if isinstance(rec.get(k), (int, float))}}
     out = [Metric(k, float(v), now_ms, 0) for k, v in final.items() if v is not None]
     for e in rec.get("eval_history") or []:
-        out += [Metric(f"eval/{k}", float(e[k]), now_ms, int(e["epoch"])) for k in AP_KEYS if k in e]
+        out += [Metric(f"eval/{k}", float(e[k]), now_ms, int(e["epoch"])) for k in AP_NAMES if k in e]
     return out
 
 
