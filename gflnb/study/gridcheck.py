@@ -27,7 +27,7 @@ def notebook_parameters(notebook: Path) -> set[str]:
 
 def _data(grid: Grid) -> tuple[list[str], list[str]]:
     """(lines saying where the data are, problems)."""
-    from ..data.synth import LATEST_VERSION, dataset_paths
+    from ..data.synth import LATEST_VERSION, dataset_paths, synth_root
     par, base = grid.parameters, grid.notebook.parent  # the notebook runs in its own folder
     lines, problems = [], []
     if par.get("train_ann"):
@@ -42,7 +42,7 @@ def _data(grid: Grid) -> tuple[list[str], list[str]]:
             if not ok:
                 problems.append(f"{key}: {path} is not an existing {'file' if kind == 'file' else 'folder'}")
         return lines, problems
-    root = (base / (par.get("data_root") or f"../data/synth_v{par.get('data_version', LATEST_VERSION)}")).resolve()
+    root = (base / synth_root(par.get("data_version", LATEST_VERSION), par.get("data_root"))).resolve()
     there = all(p.exists() for p in dataset_paths(root, "train") + dataset_paths(root, "val"))
     lines.append(f"data: synthetic set at {root} ({'exists' if there else 'will be generated'}: "
                  f"{par.get('num_train', 1000)} train, {par.get('num_val', 200)} val images, "

@@ -279,13 +279,13 @@ def _background(grid: Grid, p: Point) -> Optional[dict]:
 
     from ..chapters.analysis import anchor_scores, background_summary, load_model
     from ..data.coco import CocoDetection
-    from ..data.synth import LATEST_VERSION, dataset_paths
+    from ..data.synth import LATEST_VERSION, dataset_paths, synth_root
     ck = grid.out / "runs" / p.id / "latest.pth"
     par, base = point_parameters(grid, p), grid.notebook.parent  # paths as the notebook reads them
     if par.get("val_ann"):
         val_ann, val_img = (base / par["val_ann"]).resolve(), (base / par["val_images"]).resolve()
     else:
-        root = par.get("data_root") or f"../data/synth_v{par.get('data_version', LATEST_VERSION)}"
+        root = synth_root(par.get("data_version", LATEST_VERSION), par.get("data_root"))
         val_ann, val_img = dataset_paths((base / root).resolve(), "val")
     model = load_model(ck)
     ds = CocoDetection(val_ann, val_img, model.cfg, train=False)
@@ -436,14 +436,13 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
-        from ..data.synth import LATEST_VERSION, ensure_dataset
+        from ..data.synth import LATEST_VERSION, ensure_dataset, synth_root, test_set_root
         par = grid.parameters
-        ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
-                       par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
-                       version=par.get("data_version", LATEST_VERSION))
+        version = par.get("data_version", LATEST_VERSION)
+        ensure_dataset((grid.notebook.parent / synth_root(version, par["data_root"])).resolve(),
+                       par.get("num_train", 1000), par.get("num_val", 200), seed=par.get("data_seed", 0),
+                       progress=progress, version=version)
         if par.get("num_test") and not par.get("test_ann"):  # the held-out set, likewise once
-            from ..data.synth import test_set_root
-            version = par.get("data_version", LATEST_VERSION)
             ensure_dataset((grid.notebook.parent / test_set_root(version, par["num_test"], par.get("test_seed", 7)))
                            .resolve(), 0, par["num_test"], seed=par.get("test_seed", 7), progress=progress,
                            version=version)
