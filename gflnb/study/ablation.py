@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..engine.evaluate import AP_NAMES
 from . import paper
-from .stats import CONFIDENCE, _values, holm, welch
+from .stats import CONFIDENCE, _values, fmt_interval, holm, welch
 
 VERDICTS = ("holds", "reversed", "not resolved")
 RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
@@ -414,7 +414,8 @@ def schedule_sentences(gains: pd.DataFrame, labels: dict[str, str]) -> list[str]
     for _, r in gains.iterrows():
         if not np.isfinite(r["diff"]):
             continue
-        ci = (f" [{r['lo']:+.2f}, {r['hi']:+.2f}]" if np.isfinite(r["lo"]) else " (one seed on a side: no interval)")
+        ci = (" " + fmt_interval(r["lo"], r["hi"], signed=True) if np.isfinite(r["lo"]) else
+              " (one seed on a side: no interval)")
         reading = {"holds": f"so {r['base_epochs']} epochs stop short of a plateau",
                    "reversed": f"so the longer schedule ends below {r['base_epochs']} epochs",
                    "not resolved": f"not resolved at {CONFIDENCE:.0%}: no evidence that {r['base_epochs']} epochs "
@@ -509,7 +510,7 @@ def _pct(x: Optional[float]) -> str:
 def _diff(r: pd.Series) -> str:
     if not np.isfinite(r["diff"]):
         return "no runs to compare"
-    ci = f" [{r['lo']:+.2f}, {r['hi']:+.2f}]" if np.isfinite(r["lo"]) else ""
+    ci = " " + fmt_interval(r["lo"], r["hi"], signed=True) if np.isfinite(r["lo"]) else ""
     pd_ = r["paper_diff"]
     theirs = "" if pd_ is None or not np.isfinite(pd_) else f", {pd_:+.1f} in the paper"
     return f"{r['diff']:+.2f}{ci} AP here{theirs}"
@@ -604,7 +605,7 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
                          f"({jl}) has none to compare with.")
             continue
         r = row.iloc[0]
-        ci = (f", {CONFIDENCE:.0%} interval [{r['lo']:+.2f}, {r['hi']:+.2f}] points over "
+        ci = (f", {CONFIDENCE:.0%} interval {fmt_interval(r['lo'], r['hi'], signed=True)} points over "
               f"{r['n_better']} and {r['n_worse']} seeds" if np.isfinite(r["lo"]) else
               f" (one seed on a side: no interval)")
         verdict = {"holds": "more with the separate branch, as the paper's Fig. 2 argues",
