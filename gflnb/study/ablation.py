@@ -24,6 +24,7 @@ import pandas as pd
 from ..engine.evaluate import AP_NAMES
 from . import paper
 from .stats import CONFIDENCE, _values, fmt_interval, holm, welch
+from .sweep import GridError, read_grid_file
 
 VERDICTS = ("holds", "reversed", "not resolved")
 RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
@@ -104,19 +105,17 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_grid(path: str | Path) -> dict[str, Any]:
-    """The grid file as a mapping ({} when it is missing or unreadable)."""
-    import yaml
+    """The grid file as a mapping, ``variants_from`` resolved as the sweep resolves it
+    (:func:`gflnb.study.sweep.read_grid_file`); {} when it is missing, and with a warning when it is
+    unreadable."""
     path = Path(path)
     if not path.is_file():
         return {}
     try:
-        g = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        warnings.warn(f"{path}: not YAML ({e})")
+        return read_grid_file(path)
+    except GridError as e:
+        warnings.warn(str(e))
         return {}
-    if isinstance(g, dict) and "variants_from" in g and "variants" not in g:  # grid_coco.yaml: grid.yaml's
-        g["variants"] = read_grid(path.parent / str(g["variants_from"])).get("variants") or {}
-    return g if isinstance(g, dict) else {}
 
 
 def variant_order(df: pd.DataFrame, grid: dict[str, Any]) -> list[str]:

@@ -110,8 +110,9 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path.resolve(), start.resolve())
 
 
-def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) -> Grid:
-    """The grid in ``path``; ``sets`` overrides its notebook parameters (``gflnb sweep --set``)."""
+def read_grid_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The grid file's mapping as written, with ``variants_from`` resolved: a grid without variants of
+    its own takes those of the grid file it names (two scales of one design); raises :class:`GridError`."""
     import yaml
     path = Path(path)
     if not path.is_file():
@@ -122,12 +123,19 @@ def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) ->
         raise GridError(f"{path}: not YAML ({e})") from None
     if not isinstance(g, dict):
         raise GridError(f"{path}: expected a mapping with notebook, variants and seeds")
-    if "variants_from" in g and "variants" not in g:  # another grid's variants: two scales of one design
+    if "variants_from" in g and "variants" not in g:
         src = path.parent / str(g["variants_from"])
         try:
             g["variants"] = yaml.safe_load(src.read_text())["variants"]
         except (OSError, yaml.YAMLError, TypeError, KeyError):
             raise GridError(f"{path}: variants_from: {src} is no grid file with variants") from None
+    return g
+
+
+def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) -> Grid:
+    """The grid in ``path``; ``sets`` overrides its notebook parameters (``gflnb sweep --set``)."""
+    path = Path(path)
+    g = read_grid_file(path)
     missing = [k for k in ("notebook", "variants", "seeds") if k not in g]
     if missing:
         raise GridError(f"{path}: missing {', '.join(missing)}")
