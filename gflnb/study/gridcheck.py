@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .sweep import ROOT, Grid, Point, _done, _rel, _running, command, record_path
+from .sweep import ROOT, Grid, Point, _rel, command, point_record
 
 DATA_PATHS = (("train_ann", "file"), ("train_images", "dir"), ("val_ann", "file"), ("val_images", "dir"))
 
@@ -79,18 +79,14 @@ def point_state(grid: Grid, p: Point) -> str:
     """``done``, ``failed``, ``missing``, or ``running`` with what this host can tell of its job."""
     from .executors import alive
     cmd = command(grid, p)
-    if _done(grid, p, cmd) is not None:
+    if point_record(grid, p, "ok", cmd) is not None:
         return "done"
-    run = _running(grid, p, cmd)
+    run = point_record(grid, p, "running", cmd)
     if run is not None:
         live = alive(run)
         job = f"{run.get('executor')} job {run.get('job_id') or run.get('pid')}"
         return f"running ({job}{'' if live else ', dead: will rerun' if live is False else ', unknown here'})"
-    try:
-        rec = json.loads(record_path(grid, p).read_text())
-        return "failed" if rec.get("command") == cmd and rec.get("status") == "failed" else "missing"
-    except (OSError, ValueError):
-        return "missing"
+    return "failed" if point_record(grid, p, "failed", cmd) is not None else "missing"
 
 
 def dry_run(grid: Grid, points: Sequence[Point]) -> tuple[list[str], list[str]]:

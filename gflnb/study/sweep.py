@@ -236,31 +236,25 @@ def failure_line(output: str) -> str:
     return next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
 
 
-def _done(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
-    rp = record_path(grid, p)
-    if not rp.exists():
-        return None
-    try:
-        rec = json.loads(rp.read_text())
-    except json.JSONDecodeError:
-        return None
-    return rec if rec.get("status") == "ok" and rec.get("command") == cmd else None
-
-
-def _running(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
-    """The point's ``running`` record for this command (a job in flight, or one that died), if any."""
+def point_record(grid: Grid, p: Point, status: Optional[str] = None, cmd: Optional[str] = None) -> Optional[dict]:
+    """The point's record where it is this grid's: readable, and with the command the grid gives the point
+    (``cmd``, when the caller has it already); a record of another grid (other parameters) is not this
+    point's result. With ``status``, only a record in that state: ``ok`` (done), ``running`` (a job in
+    flight, or one that died), ``failed``."""
     try:
         rec = json.loads(record_path(grid, p).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return rec if rec.get("status") == "running" and rec.get("command") == cmd else None
+    if rec.get("command") != (command(grid, p) if cmd is None else cmd):
+        return None
+    return rec if status is None or rec.get("status") == status else None
 
 
 def _claim(grid: Grid, p: Point, executor: str, job_id: str) -> None:
     """Record a job the driver has just submitted (queued, perhaps for hours) as ``running``, unless
     the job has already started and recorded itself."""
     cmd = command(grid, p)
-    run = _running(grid, p, cmd)
+    run = point_record(grid, p, "running", cmd)
     if run is not None and str(run.get("job_id")) == str(job_id):
         return
     rec = dict(variant=p.variant, seed=p.seed, command=cmd, status="running", executor=executor, job_id=job_id,
@@ -315,7 +309,7 @@ def run_point(grid: Grid, p: Point) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads)}
     t0 = time.perf_counter()
     where = task_identity()
-    starts = int((_running(grid, p, cmd) or {}).get("starts", 0)) + 1  # > 1: earlier starts died
+    starts = int((point_record(grid, p, "running", cmd) or {}).get("starts", 0)) + 1  # > 1: earlier starts died
     rec: dict[str, Any] = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=cmd,
                                parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT))
     mp = metrics_path(grid, p)
@@ -398,11 +392,7 @@ def write_table(grid: Grid, points: Sequence[Point]) -> Path:
     w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
     w.writeheader()
     for p in points:
-        rp = record_path(grid, p)
-        rec = json.loads(rp.read_text()) if rp.exists() else None
-        if rec is not None and rec.get("command") != command(grid, p):
-            rec = None  # a record from another grid (other parameters) is not this point's result
-        w.writerow(_row(grid, p, rec))
+        w.writerow(_row(grid, p, point_record(grid, p)))
     path = grid.out / "results.csv"
     atomic_write_text(path, buf.getvalue())
     return path
@@ -428,9 +418,9 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     todo, elsewhere = [], 0
     for p in points:
         cmd = command(grid, p)
-        if _done(grid, p, cmd) is not None:
+        if point_record(grid, p, "ok", cmd) is not None:
             continue
-        run = _running(grid, p, cmd)
+        run = point_record(grid, p, "running", cmd)
         if run is not None and (live := alive(run, backend.client)) is not False:
             elsewhere += 1  # in flight (another driver's, or one this driver cannot check): never twice
             if live is None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..engine.evaluate import AP_NAMES
-from .sweep import Grid, Point, command, load_grid, record_path
+from .sweep import Grid, Point, load_grid, point_record
 
 TAG_POINT = "gflnb.point_id"
 TAG_HASH = "gflnb.record_sha256"
@@ -86,13 +86,7 @@ def sweep_records(out: Path, grid: Optional[Grid] = None) -> list[dict]:
     """Every record of the sweep: a grid's points whose record has the grid's command (as its table
     counts them), or, without a grid, every ``records/*.json`` of the folder."""
     if grid is not None:
-        recs = []
-        for p in grid.select():
-            rp = record_path(grid, p)
-            rec = json.loads(rp.read_text()) if rp.exists() else None
-            if rec is not None and rec.get("command") == command(grid, p):
-                recs.append(rec)
-        return recs
+        return [rec for p in grid.select() if (rec := point_record(grid, p)) is not None]
     return [json.loads(f.read_text()) for f in sorted((out / "records").glob("*.json"))]
 
 
