@@ -26,8 +26,7 @@ from torch import Tensor, nn
 from ..engine import dist
 from ..assigner import atss_assign
 from .box_repr import build_box_coder
-from ..boxes import (aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, integral, scale_boxes,
-                    valid_flags)
+from ..boxes import aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, scale_boxes, valid_flags
 from ..config import ConfigError
 from .layers import ConvModule, Scale
 from ..losses import AVG_EPS, giou_loss
@@ -38,15 +37,13 @@ PRIOR_PROB = 0.01
 
 
 class Integral(nn.Module):
-    """Distribution logits -> expected distance; holds the persistent ``project`` buffer (0..R)."""
+    """Holds the persistent ``project`` buffer (0..R) under mmdetection's key,
+    ``bbox_head.integral.project``; the read-out itself is :func:`gflnb.boxes.integral`."""
 
     def __init__(self, reg_max: int = 16):
         super().__init__()
         self.reg_max = reg_max
         self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return integral(x, self.reg_max)
 
 
 @dataclass

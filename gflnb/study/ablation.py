@@ -26,7 +26,6 @@ from . import paper
 from .stats import CONFIDENCE, _values, fmt_interval, holm, welch
 from .sweep import GridError, read_grid_file
 
-VERDICTS = ("holds", "reversed", "not resolved")
 RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
         "with the Welch-Satterthwaite degrees of freedom, from the per-seed values) lies above 0 in the "
         "paper's direction, is reversed when it lies below 0, and is not resolved when it contains 0 or "
