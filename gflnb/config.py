@@ -154,6 +154,35 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=8, num_workers=0, grad_clip=35.0, channels_last=True),
 }
 
+@dataclass(frozen=True)
+class HeadConfig:
+    """The head's settings beyond the six arguments of ``GFLHead(num_classes, in_channels,
+    feat_channels, stacked_convs, reg_max, strides)``: its GroupNorm, ATSS's anchors, the loss weights
+    and the paper's ablated variants (``quality``, ``box``). The fields and their defaults are
+    :class:`GFLConfig`'s (mmdetection's GFL); :meth:`from_config` reads a config's."""
+    norm_num_groups: int = GFLConfig.norm_num_groups
+    octave_base_scale: int = GFLConfig.octave_base_scale
+    topk: int = GFLConfig.topk
+    qfl_beta: float = GFLConfig.qfl_beta
+    loss_cls_weight: float = GFLConfig.loss_cls_weight
+    loss_bbox_weight: float = GFLConfig.loss_bbox_weight
+    loss_dfl_weight: float = GFLConfig.loss_dfl_weight
+    quality: str = GFLConfig.quality
+    box: str = GFLConfig.box
+    bin_interval: float = GFLConfig.bin_interval
+    loss_quality_weight: float = GFLConfig.loss_quality_weight
+    focal_alpha: float = GFLConfig.focal_alpha
+    focal_gamma: float = GFLConfig.focal_gamma
+    dgqp_topk: int = GFLConfig.dgqp_topk
+    dgqp_channels: int = GFLConfig.dgqp_channels
+    dgqp_weight_grad: bool = GFLConfig.dgqp_weight_grad
+
+    @classmethod
+    def from_config(cls, cfg: GFLConfig) -> "HeadConfig":
+        """The head's fields of ``cfg``."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
 _FIELDS = {f.name: f for f in fields(GFLConfig)}
 _HINTS = typing.get_type_hints(GFLConfig)
 
