@@ -193,7 +193,8 @@ if len(schedule) and np.isfinite(schedule["diff"]).any():
         "AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["AP"], schedule["epochs"])],
         "base AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["base_AP"], schedule["base_epochs"])],
         "Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in schedule["diff"]],
-        "95% interval": [fmt_interval(a, b, signed=True) if np.isfinite(a) else "–" for a, b in zip(schedule["lo"], schedule["hi"])],
+        "95% interval": [fmt_interval(a, b, signed=True) if np.isfinite(a) else "–"
+                         for a, b in zip(schedule["lo"], schedule["hi"])],
         "reading": schedule["reading"].map(ablation.SCHEDULE_READINGS).to_numpy(),
         "seeds": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
         "last interval": [f"{x:+.2f} ({int(e)}→{n})" if np.isfinite(x) else "–"

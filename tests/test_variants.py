@@ -186,7 +186,8 @@ def test_dgqp_module_layout_init_and_joint_score():
     assert {k: tuple(v.shape) for k, v in sd.items()} == {
         "reg_conf.0.weight": (64, 20, 1, 1), "reg_conf.0.bias": (64,),
         "reg_conf.2.weight": (1, 64, 1, 1), "reg_conf.2.bias": (1,)}
-    h = GFLHead(3, in_channels=8, feat_channels=8, stacked_convs=1, config=HeadConfig(norm_num_groups=4, quality="dgqp"))
+    h = GFLHead(3, in_channels=8, feat_channels=8, stacked_convs=1,
+                config=HeadConfig(norm_num_groups=4, quality="dgqp"))
     w = h.quality.reg_conf[0].weight
     assert abs(w.std().item() - 0.01) < 2e-3 and h.quality.reg_conf[2].bias.item() == 0
     reg = torch.randn(6, 68)

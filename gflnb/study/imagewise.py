@@ -46,7 +46,8 @@ class ImageMatches:
             np.savez_compressed(tmp, img_ids=self.img_ids, cat_ids=self.cat_ids,
                                 det_cat=self.det_cat.astype(np.int16), det_img=self.det_img.astype(np.int32),
                                 det_score=self.det_score, det_match=np.packbits(self.det_match, axis=1),
-                                det_ignore=np.packbits(self.det_ignore, axis=1), gt_count=self.gt_count.astype(np.int32))
+                                det_ignore=np.packbits(self.det_ignore, axis=1),
+                                gt_count=self.gt_count.astype(np.int32))
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageMatches":
