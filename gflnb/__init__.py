@@ -7,7 +7,6 @@ from .engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import PRESETS, ConfigError, GFLConfig, get_config
 from .model.detector import GFL, build_model
 from .model.head import GFLHead
-from .model import fuse  # noqa: E402,F401  (registers the inference path's FLOP formula before any counter runs)
 
 portable.check()
 

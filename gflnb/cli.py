@@ -234,8 +234,13 @@ def _cmd_sweep(a) -> None:
         if problems:
             raise GridError(f"{a.grid}: {len(problems)} problem(s), listed above: {problems[0]}")
         return
+    sink = None
+    if a.mlflow:
+        from .study.tracking import mlflow_sink, require_mlflow
+        require_mlflow()  # missing: one line now, not after hours of runs
+        sink = mlflow_sink
     slurm = SlurmOptions(a.partition, a.time, a.cpus_per_task, a.gpus_per_node)
-    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress, mlflow=a.mlflow, executor=a.executor,
+    r = run_sweep(a.grid, a.jobs, a.only, a.seeds, not a.no_progress, sink=sink, executor=a.executor,
                   slurm=slurm, sets=sets)
     print(f"{r['points']} points: {r['ran']} run, {r['skipped']} already done, {r['failed']} failed, "
           + (f"{r['running']} running elsewhere, " if r["running"] else "")

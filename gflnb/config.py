@@ -153,16 +153,35 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=0.05, warmup_iters=100, warmup_ratio=0.01, epochs=12, milestones=(11,),
         batch_size=8, num_workers=0, grad_clip=35.0, channels_last=True),
 }
-# The model-zoo checkpoints (GFL_SPEC section 1), by 3.x preset name.
-MODEL_ZOO = {
-    "gfl_r50_fpn_1x_coco": "gfl_r50_fpn_1x_coco/gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth",
-    "gfl_r50_fpn_ms-2x_coco": "gfl_r50_fpn_mstrain_2x_coco/gfl_r50_fpn_mstrain_2x_coco_20200629_213802-37bb1edc.pth",
-    "gfl_r101_fpn_ms-2x_coco": "gfl_r101_fpn_mstrain_2x_coco/gfl_r101_fpn_mstrain_2x_coco_20200629_200126-dd12f847.pth",
-    "gfl_r101-dconv-c3-c5_fpn_ms-2x_coco": "gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco/gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco_20200630_102002-134b07df.pth",
-    "gfl_x101-32x4d_fpn_ms-2x_coco": "gfl_x101_32x4d_fpn_mstrain_2x_coco/gfl_x101_32x4d_fpn_mstrain_2x_coco_20200630_102002-50c1ffdb.pth",
-    "gfl_x101-32x4d-dconv-c4-c5_fpn_ms-2x_coco": "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco/gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco_20200630_102002-14a2bf25.pth",
-}
-MODEL_ZOO_PREFIX = "https://download.openmmlab.com/mmdetection/v2.0/gfl/"
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The head's settings beyond the six arguments of ``GFLHead(num_classes, in_channels,
+    feat_channels, stacked_convs, reg_max, strides)``: its GroupNorm, ATSS's anchors, the loss weights
+    and the paper's ablated variants (``quality``, ``box``). The fields and their defaults are
+    :class:`GFLConfig`'s (mmdetection's GFL); :meth:`from_config` reads a config's."""
+    norm_num_groups: int = GFLConfig.norm_num_groups
+    octave_base_scale: int = GFLConfig.octave_base_scale
+    topk: int = GFLConfig.topk
+    qfl_beta: float = GFLConfig.qfl_beta
+    loss_cls_weight: float = GFLConfig.loss_cls_weight
+    loss_bbox_weight: float = GFLConfig.loss_bbox_weight
+    loss_dfl_weight: float = GFLConfig.loss_dfl_weight
+    quality: str = GFLConfig.quality
+    box: str = GFLConfig.box
+    bin_interval: float = GFLConfig.bin_interval
+    loss_quality_weight: float = GFLConfig.loss_quality_weight
+    focal_alpha: float = GFLConfig.focal_alpha
+    focal_gamma: float = GFLConfig.focal_gamma
+    dgqp_topk: int = GFLConfig.dgqp_topk
+    dgqp_channels: int = GFLConfig.dgqp_channels
+    dgqp_weight_grad: bool = GFLConfig.dgqp_weight_grad
+
+    @classmethod
+    def from_config(cls, cfg: GFLConfig) -> "HeadConfig":
+        """The head's fields of ``cfg``."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
 
 _FIELDS = {f.name: f for f in fields(GFLConfig)}
 _HINTS = typing.get_type_hints(GFLConfig)

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ROOT / "jupyter" / "overrides.json"
 
@@ -35,11 +37,7 @@ def install(prefix: Optional[str] = None) -> Path:
         current = merged.setdefault(plugin, {})
         for key, value in values.items():
             current[key] = {**current.get(key, {}), **value} if isinstance(value, dict) else value
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, dest)
-    return dest
+    return atomic_write_text(dest, json.dumps(merged, indent=2) + "\n")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -59,6 +59,7 @@ from gflnb import explore
 from gflnb.chapters import spread, viz
 from gflnb.chapters.analysis import edge_table, load_model, object_view
 from gflnb.data.coco import CocoDetection, ann_stats
+from gflnb.study.stats import fmt_interval
 
 viz.setup()
 over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
@@ -137,7 +138,7 @@ if has_truth:
     pairs = [("ambiguity", "entropy"), ("ambiguity", "std_bins")] + pairs
 corr = spread.correlations(edges, pairs, n_boot=n_boot)
 display(pd.DataFrame({"r": corr["r"].round(3).to_numpy(), "edges": corr["edges"].to_numpy(),
-                      "95% interval": [f"[{a:.3f}, {b:.3f}]" for a, b in zip(corr["lo"], corr["hi"])]},
+                      "95% interval": [fmt_interval(a, b, 3) for a, b in zip(corr["lo"], corr["hi"])]},
                      index=[f"r({x}, {y})" for x, y in zip(corr["x"], corr["y"])]))
 
 # %% [markdown]

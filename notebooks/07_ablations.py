@@ -51,6 +51,7 @@ import pandas as pd
 from IPython.display import Markdown
 
 from gflnb.study import ablation, paper
+from gflnb.study.stats import fmt_interval
 from gflnb.chapters import viz
 
 viz.setup()
@@ -149,7 +150,7 @@ if pooled:
     fig2 = ablation.fig2_compare(bg, joint)
     if len(fig2):
         display(fig2.assign(**{"separate − joint (points)": fig2["diff"].round(3),
-                               "95% interval": [f"[{a:+.3f}, {b:+.3f}]" if np.isfinite(a) else "–"
+                               "95% interval": [fmt_interval(a, b, 3, signed=True) if np.isfinite(a) else "–"
                                                 for a, b in zip(fig2["lo"], fig2["hi"])],
                                "seeds": [f"{a}/{b}" for a, b in zip(fig2["n_better"], fig2["n_worse"])]})
                 [["variant", "joint", "separate_pct", "joint_pct", "separate − joint (points)", "95% interval",
@@ -192,7 +193,8 @@ if len(schedule) and np.isfinite(schedule["diff"]).any():
         "AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["AP"], schedule["epochs"])],
         "base AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["base_AP"], schedule["base_epochs"])],
         "Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in schedule["diff"]],
-        "95% interval": [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else "–" for a, b in zip(schedule["lo"], schedule["hi"])],
+        "95% interval": [fmt_interval(a, b, signed=True) if np.isfinite(a) else "–"
+                         for a, b in zip(schedule["lo"], schedule["hi"])],
         "reading": schedule["reading"].map(ablation.SCHEDULE_READINGS).to_numpy(),
         "seeds": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
         "last interval": [f"{x:+.2f} ({int(e)}→{n})" if np.isfinite(x) else "–"
@@ -220,7 +222,7 @@ claims = ablation.claim_table(df)
 counts = ablation.verdict_counts(claims)
 show = claims.assign(**{"paper Δ AP": claims["paper_diff"],
                         "here Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in claims["diff"]],
-                        "95% interval": [f"[{a:+.2f}, {b:+.2f}]" if np.isfinite(a) else "–"
+                        "95% interval": [fmt_interval(a, b, signed=True) if np.isfinite(a) else "–"
                                          for a, b in zip(claims["lo"], claims["hi"])],
                         "n (better/worse)": [f"{a}/{b}" for a, b in zip(claims["n_better"], claims["n_worse"])],
                         "Holm": claims["holm_verdict"]})

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import assert_close, load_fixture
+from gflnb.config import HeadConfig
 from gflnb.model.head import GFLHead
 
 HEAD = load_fixture("gfl_head.pt")["cases"]
@@ -11,7 +12,7 @@ SCEN = [(ci, si) for ci, c in enumerate(HEAD) for si in range(len(c["scenarios"]
 
 def make_head(c):
     h = GFLHead(c["num_classes"], c["in_channels"], c["feat_channels"], c["stacked_convs"], c["reg_max"],
-                c["strides"], c["gn_num_groups"])
+                c["strides"], config=HeadConfig(norm_num_groups=c["gn_num_groups"]))
     h.load_state_dict({k[len("bbox_head."):]: v for k, v in c["state_dict"].items()})
     return h.eval()
 
@@ -85,7 +86,7 @@ def test_head_predict_from_stored_outputs(ci, key, kw):
 def test_empty_batch_losses_are_exactly_zero_but_cls_positive():
     # mmdet's unit test: 256x256 image, 4 classes, in_channels 1, random features
     torch.manual_seed(0)
-    h = GFLHead(4, in_channels=1, feat_channels=32, stacked_convs=2, norm_num_groups=8)
+    h = GFLHead(4, in_channels=1, feat_channels=32, stacked_convs=2, config=HeadConfig(norm_num_groups=8))
     feats = [torch.rand(1, 1, 256 // s, 256 // s) for s in h.strides]
     meta = [dict(img_shape=(256, 256), pad_shape=(256, 256), scale_factor=(1.0, 1.0))]
     cls, reg = h(feats)

@@ -263,6 +263,18 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
 
 
+def test_an_interrupted_write_through_atomic_path_keeps_the_previous_file(tmp_path):
+    from gflnb.files import atomic_path, atomic_write_text
+    path = atomic_write_text(tmp_path / "sub" / "record.json", "old")  # the folder is made
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            tmp.write_text("partial")
+            raise KeyboardInterrupt
+    assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["record.json"]
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and [p.name for p in path.parent.iterdir()] == ["record.json"]
+
+
 def test_torn_log_line_is_dropped_on_resume(tmp_path):
     from gflnb.engine.train import JsonlLog
     p = tmp_path / "log.jsonl"

@@ -48,3 +48,11 @@ def test_holm_steps_down():
     # then 0.03 > 0.025 stops it
     assert stats.holm([0.03, 0.001, 0.04, 0.012]) == [False, True, False, True]
     assert stats.holm([0.001, float("nan")]) == [True, False]
+
+
+def test_intervals_print_as_the_chapters_print_them():
+    from gflnb.study.stats import fmt_estimate, fmt_interval
+    assert fmt_interval(0.449, 2.011, signed=True) == "[+0.45, +2.01]"
+    assert fmt_interval(-0.4, 0.1234, 3) == "[-0.400, 0.123]"
+    assert fmt_estimate(1.234, 0.449, 2.011, signed=True) == "+1.23 [+0.45, +2.01]"
+    assert fmt_estimate(0.5, 0.25, 0.75, 1) == "0.5 [0.2, 0.8]"  # Python's rounding: half to even on the binary value

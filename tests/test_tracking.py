@@ -189,14 +189,15 @@ def test_the_committed_sweep_imports_once_equal_to_its_table(tmp_path, capsys):
 
 def _fake_point(grid, p):
     """A finished point without training: its record, as run_point writes it."""
-    from gflnb.study.sweep import _atomic_write, command, record_path
+    from gflnb.files import atomic_write_text
+    from gflnb.study.sweep import command, record_path
     ok = p.variant != "broken"
     ap = 10.0 + p.seed + len(p.variant) / 7
     rec = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=command(grid, p), parameters={},
                status="ok" if ok else "failed", error="" if ok else "exit 1: ValueError: nonsense",
                iterations=4 if ok else None, metrics={k: ap + i for i, k in enumerate(AP_KEYS)} if ok else {},
                eval_history=[dict(epoch=1, iter=2, AP=ap / 2), dict(epoch=2, iter=4, AP=ap)] if ok else [])
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1))
     return rec
 
 

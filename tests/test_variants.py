@@ -14,7 +14,7 @@ import torchvision
 from gflnb import build_model
 from gflnb.model.box_repr import DFLCoder, DiracCoder, GaussianCoder, IntegralCoder, build_box_coder
 from gflnb.boxes import distance2bbox
-from gflnb.config import BOXES, QUALITIES, ConfigError, get_config, parse_set
+from gflnb.config import BOXES, QUALITIES, ConfigError, HeadConfig, get_config, parse_set
 from gflnb.model.head import GFLHead
 from gflnb.losses import (AVG_EPS, kl_box_loss, quality_focal_loss, quality_focal_loss_autograd,
                           quality_focal_loss_log, quality_focal_loss_prob, sigmoid_focal_loss)
@@ -97,8 +97,8 @@ def test_separate_branch_bce_by_hand():
 
 def test_separate_branch_scores_are_products_thresholded_on_the_class():
     torch.manual_seed(0)
-    h = GFLHead(2, in_channels=8, feat_channels=8, stacked_convs=1, norm_num_groups=4, strides=(8,),
-                quality="centerness").double()
+    h = GFLHead(2, in_channels=8, feat_channels=8, stacked_convs=1, strides=(8,),
+                config=HeadConfig(norm_num_groups=4, quality="centerness")).double()
     cls = torch.full((1, 2, 2, 2), -9.0, dtype=D)
     cls[0, 1, 0, 1] = math.log(9.0)  # class score .9 at anchor (x=1, y=0)
     reg = torch.zeros(1, h.reg_channels, 2, 2, dtype=D)
@@ -186,7 +186,8 @@ def test_dgqp_module_layout_init_and_joint_score():
     assert {k: tuple(v.shape) for k, v in sd.items()} == {
         "reg_conf.0.weight": (64, 20, 1, 1), "reg_conf.0.bias": (64,),
         "reg_conf.2.weight": (1, 64, 1, 1), "reg_conf.2.bias": (1,)}
-    h = GFLHead(3, in_channels=8, feat_channels=8, stacked_convs=1, norm_num_groups=4, quality="dgqp")
+    h = GFLHead(3, in_channels=8, feat_channels=8, stacked_convs=1,
+                config=HeadConfig(norm_num_groups=4, quality="dgqp"))
     w = h.quality.reg_conf[0].weight
     assert abs(w.std().item() - 0.01) < 2e-3 and h.quality.reg_conf[2].bias.item() == 0
     reg = torch.randn(6, 68)
@@ -218,7 +219,7 @@ def test_dgqp_quality_is_the_1x1_convs_and_normalises_box_losses_by_the_weights_
     # (mmdetection 3.3) by max(sum, 1)
     assert q.box_norm(0.05) == 0.05 and q.box_norm(3.0) == 3.0 and q.box_norm(0.0) == 1.0
     assert q.box_norm(1e-15) == 1e-15  # no fallback to 1 for a tiny sum: only an exact 0 (all weights 0)
-    assert build_quality("qfl", feat_channels=8, reg_max=16).box_norm(0.05) == 1.0
+    assert build_quality(HeadConfig(quality="qfl"), feat_channels=8, reg_max=16).box_norm(0.05) == 1.0
 
 
 def test_qfl_in_log_space_equals_the_probability_form_where_both_are_accurate():
@@ -281,8 +282,8 @@ def test_dirac_decode_by_hand():
 
 
 def test_dirac_predict_by_hand():
-    h = GFLHead(1, in_channels=8, feat_channels=8, stacked_convs=1, norm_num_groups=4, strides=(8,),
-                quality="none", box="dirac").double()
+    h = GFLHead(1, in_channels=8, feat_channels=8, stacked_convs=1, strides=(8,),
+                config=HeadConfig(norm_num_groups=4, quality="none", box="dirac")).double()
     assert h.reg_channels == 4 and h.integral is None
     cls = torch.full((1, 1, 2, 2), -9.0, dtype=D)
     cls[0, 0, 1, 1] = 0.0  # score .5 at the anchor centred on (8, 8)
@@ -363,10 +364,11 @@ def test_bin_interval_one_is_the_reference_head():
     assert all(not torch.equal(a[k], c[k]) for k in a)
 
 
-def head_and_inputs(**kw):
+def head_and_inputs(reg_max: int = 16, **kw):
     """mmdet's unit-test setup, small: random features and one gt of label 2."""
     torch.manual_seed(0)
-    h = GFLHead(4, in_channels=1, feat_channels=16, stacked_convs=1, norm_num_groups=4, **kw)
+    h = GFLHead(4, in_channels=1, feat_channels=16, stacked_convs=1, reg_max=reg_max,
+                config=HeadConfig(norm_num_groups=4, **kw))
     feats = [torch.rand(1, 1, 256 // s, 256 // s) for s in h.strides]
     meta = [dict(img_shape=(256, 256), pad_shape=(256, 256), scale_factor=(1.0, 1.0))]
     gt = [dict(boxes=torch.tensor([[23.6667, 23.8757, 238.6326, 151.8874]]), labels=torch.tensor([2]))]
@@ -375,7 +377,8 @@ def head_and_inputs(**kw):
 
 def test_integral_variant_has_no_dfl_term():
     h_dfl, feats, gt, meta = head_and_inputs(box="dfl")
-    h_int = GFLHead(4, in_channels=1, feat_channels=16, stacked_convs=1, norm_num_groups=4, box="integral")
+    h_int = GFLHead(4, in_channels=1, feat_channels=16, stacked_convs=1,
+                    config=HeadConfig(norm_num_groups=4, box="integral"))
     h_int.load_state_dict(h_dfl.state_dict())  # same keys: only the loss differs
     outs = []
     for h in (h_dfl, h_int):
@@ -435,12 +438,12 @@ def test_config_fields_defaults_and_errors():
     assert parse_set("quality=iou") == ("quality", "iou") and parse_set("box=integral") == ("box", "integral")
     assert get_config("gfl_cpu_demo", qfl_beta=0).qfl_beta == 0.0
     with pytest.raises(ConfigError, match="quality must be one of"):
-        GFLHead(3, quality="centreness")
+        GFLHead(3, config=HeadConfig(quality="centreness"))
     with pytest.raises(ConfigError, match="box must be one of"):
         build_box_coder("delta", 16)
     with pytest.raises(ConfigError, match="dgqp"):
-        GFLHead(3, quality="dgqp", box="dirac")
-    kinds = {q: type(build_quality(q, feat_channels=4, reg_max=16)) for q in QUALITIES}
+        GFLHead(3, config=HeadConfig(quality="dgqp", box="dirac"))
+    kinds = {q: type(build_quality(HeadConfig(quality=q), feat_channels=4, reg_max=16)) for q in QUALITIES}
     assert kinds == dict(none=FocalQuality, centerness=CenternessQuality, iou=IoUQuality,
                          centerness_guided=CenternessGuidedQuality, iou_guided=IoUGuidedQuality, qfl=QFLQuality,
                          dgqp=DGQPQuality)

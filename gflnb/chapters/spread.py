@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.synth import OCCLUSION_MIN
+from ..study.stats import fmt_estimate
 
 EDGE_KINDS = ("clear", "blurred", "occluded", "blurred+occluded")
 # Bimodality (the paper's appendix F: "two plausible edges"): a second local maximum of at least
@@ -167,12 +168,11 @@ def interval_table(kinds: pd.DataFrame) -> pd.DataFrame:
     """:func:`by_kind` as a readable table: each statistic as ``estimate [low, high]`` (the std in
     pixels, which mixes levels, stays in :func:`by_kind`'s columns)."""
     def fmt(col: str, digits: int) -> pd.Series:
-        return kinds.apply(lambda r: f"{r[col]:.{digits}f} [{r[col + '_lo']:.{digits}f}, {r[col + '_hi']:.{digits}f}]",
-                           axis=1)
+        return kinds.apply(lambda r: fmt_estimate(r[col], r[col + "_lo"], r[col + "_hi"], digits), axis=1)
     return pd.DataFrame({"edges": kinds["edges"], "objects": kinds["objects"], "entropy (nats)": fmt("entropy", 2),
                          "std (bins)": fmt("std_bins", 2),
                          "bimodal (%)": (kinds[["bimodal", "bimodal_lo", "bimodal_hi"]] * 100).pipe(
-                             lambda b: b.apply(lambda r: f"{r.bimodal:.1f} [{r.bimodal_lo:.1f}, {r.bimodal_hi:.1f}]",
+                             lambda b: b.apply(lambda r: fmt_estimate(r.bimodal, r.bimodal_lo, r.bimodal_hi, 1),
                                                axis=1))})
 
 

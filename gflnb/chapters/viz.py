@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib import patches
 
+from ..engine.evaluate import AP_NAMES
+from ..study.stats import fmt_estimate
 from .analysis import SIDES, correlation
 from .gallery import PALETTE, draw_edge_distributions
 
@@ -153,7 +155,7 @@ def draw_detections(ax, img_bgr: np.ndarray, det: dict, names: Sequence[str], gt
 
 # ------------------------------------------------------------------ chapter 4: evaluation
 def plot_ap_comparison(ours: dict[str, float], seed: Optional[dict[str, float]], title: str):
-    keys = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    keys = list(AP_NAMES)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     x = np.arange(len(keys))
     ax.bar(x - 0.2 if seed else x, [ours[k] for k in keys], width=0.4, label="this run", color=PALETTE[0])
@@ -295,14 +297,14 @@ def plot_spread_vs_truth(edges: pd.DataFrame, n_boot: int = 2000, seed: int = 0)
         _pointrange(axes[0], b["x"], b["est"], b["lo"], b["hi"], PALETTE[0])
         r = boot_pearson(edges, "ambiguity", "entropy", n_boot=n_boot, seed=seed)
         axes[0].set(xlabel="recorded ambiguity", ylabel="mean entropy (nats)",
-                    title=f"r = {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]")
+                    title=f"r = {fmt_estimate(*r)}")
         bl = edges[edges["blur"] > 0]
         if len(bl) >= 10:
             q = np.unique(np.quantile(bl["blur_bins"], np.linspace(0, 1, 7)))
             b = _binned(bl, "blur_bins", "std_bins", q, n_boot, seed)
             _pointrange(axes[1], b["x"], b["est"], b["lo"], b["hi"], PALETTE[1])
             r = boot_pearson(bl, "blur_bins", "std_bins", n_boot=n_boot, seed=seed)
-            axes[1].set(title=f"blurred: r = {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]")
+            axes[1].set(title=f"blurred: r = {fmt_estimate(*r)}")
         axes[1].set(xlabel="blur sigma (bins)", ylabel="mean std (bins)")
     ax = axes[-1]
     q = np.unique(np.quantile(edges["entropy"], np.linspace(0, 1, 9)))
@@ -311,7 +313,7 @@ def plot_spread_vs_truth(edges: pd.DataFrame, n_boot: int = 2000, seed: int = 0)
     _pointrange(ax, b["x"], b["est"], b["lo"], b["hi"], PALETTE[2])
     r = boot_pearson(edges, "entropy", "abs_err_px", n_boot=n_boot, seed=seed)
     ax.set(xlabel="entropy (nats)", ylabel="mean |predicted - gt edge| (bins)",
-           title=f"r(entropy, |error|) = {r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]")
+           title=f"r(entropy, |error|) = {fmt_estimate(*r)}")
     for a in axes:
         a.title.set_fontsize(11)
         a.xaxis.label.set_fontsize(11)

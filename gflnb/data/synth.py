@@ -315,6 +315,13 @@ def ensure_dataset(root: str | Path, num_train: int, num_val: int, seed: int = 0
     return root
 
 
+def synth_root(version: int = LATEST_VERSION, data_root: Optional[str] = None) -> str:
+    """Where chapter 3 keeps the synthetic set of generator ``version`` (relative to ``notebooks/``):
+    its ``data_root`` where that is set, else ``../data/synth_v{version}``. The sweep's set-up, its
+    dry run and its Fig. 2 pass, and gflnb.numerics.optrace, read the same folder."""
+    return data_root or f"../data/synth_v{version}"
+
+
 def test_set_root(version: int, num: int, seed: int) -> str:
     """Where chapter 3 keeps a held-out test set of ``num`` images drawn with ``seed`` (relative to
     ``notebooks/``, like its ``data_root``): a set of its own, never the training set's val split, so

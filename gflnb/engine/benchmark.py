@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import get_config
 from ..model.detector import GFL, build_model
+from ..numerics import conv  # noqa: F401  (registers aten.mkldnn_convolution's FLOP formula, which flops() counts)
 from ..numerics.machine import machine_info
 from ..losses import distribution_focal_loss, giou_loss, quality_focal_loss
 from ..data.preprocess import pad_shape

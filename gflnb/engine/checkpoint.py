@@ -6,12 +6,13 @@ Writes go to a temporary file that is renamed into place, so a crash never leave
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Union
 
 import torch
 from torch import nn
+
+from ..files import atomic_path
 
 # A buffer whose value is fixed by reg_max; zoo files may or may not carry it.
 OPTIONAL_KEYS = ("bbox_head.integral.project",)
@@ -84,19 +85,10 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
 
 def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], meta: Mapping[str, Any] | None = None,

@@ -18,10 +18,6 @@ def rank() -> int:
     return td.get_rank() if is_dist() else 0
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def reduce_mean(t: Tensor) -> Tensor:
     """Mean over processes (mmdet's ``reduce_mean``); the identity without torch.distributed."""
     if not is_dist():

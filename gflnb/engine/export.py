@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 
 from ..boxes import NMS_SPLIT_THR, distance2bbox, featmap_sizes_for
 from ..config import from_dict
+from ..files import atomic_path
 from ..model.detector import GFL
 from ..model.fuse import fuse_for_inference
 from ..numerics.portable import threads as portable_threads
@@ -153,16 +153,14 @@ def export_onnx(model: GFL, out: Union[str, os.PathLike], opset: int = OPSET,
     sample = torch.zeros(1, 3, *sample_hw)
     axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     axes.update({n: {0: "batch", 1: "anchors"} for n in net.output_names})
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             # the TorchScript exporter's deprecation notice, and tracer notes on shape arithmetic
             # that is exact here (the sizes are traced as graph values, see test_export.py)
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (sample,), tmp, dynamo=False, opset_version=opset, input_names=["images"],
+            torch.onnx.export(net, (sample,), str(tmp), dynamo=False, opset_version=opset, input_names=["images"],
                               output_names=net.output_names, dynamic_axes=axes, do_constant_folding=True)
-        proto = onnx.load(tmp)
+        proto = onnx.load(str(tmp))
         meta = dict(config=cfg.to_dict(), outputs=net.output_names, opset=opset)
         if classes is not None:
             meta["classes"] = [str(c) for c in classes]
@@ -170,12 +168,7 @@ def export_onnx(model: GFL, out: Union[str, os.PathLike], opset: int = OPSET,
             meta["label2cat"] = {str(k): int(v) for k, v in label2cat.items()}
         proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
         onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        onnx.save(proto, str(tmp))
     return out
 
 

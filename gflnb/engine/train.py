@@ -21,9 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import dist
-from .checkpoint import atomic_save, read_checkpoint
+from .checkpoint import read_checkpoint, save_checkpoint
 from ..config import GFLConfig, from_dict
 from ..data.coco import CocoDetection, epoch_batches, make_loader
+from ..files import atomic_write_text
 from ..model.detector import GFL
 from .ema import make_ema
 from ..numerics.machine import machine_info
@@ -132,9 +133,7 @@ class JsonlLog:
                     continue
                 if rec.get("iter", 0) <= keep_until_iter:
                     keep.append(ln)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in keep))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.sinks: list = []  # each has write(rec), flush() and close(), and never raises
 
@@ -151,21 +150,6 @@ class JsonlLog:
         os.close(self.fd)
         for s in self.sinks:
             s.close()
-
-
-def _save(path: Path, model: GFL, ema, optimizer, scaler, state: dict, cfg: GFLConfig, classes: list[str],
-          label2cat: dict) -> None:
-    """``state_dict`` holds the weights to evaluate (the EMA when it is on, as mmengine's EMAHook
-    saves them); the raw training weights go to ``train_state_dict`` for ``--resume``."""
-    meta = dict(config=cfg.to_dict(), classes=classes, label2cat={int(k): int(v) for k, v in label2cat.items()},
-                gflnb=True, **state)
-    extra = {}
-    if ema is not None:
-        meta["ema_updates"] = int(ema.n_averaged)
-        extra["train_state_dict"] = model.state_dict()
-    atomic_save(dict(state_dict=(ema.module if ema is not None else model).state_dict(), meta=meta,
-                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler is not None else None,
-                     torch_rng=torch.get_rng_state(), **extra), path)
 
 
 @dataclass
@@ -306,11 +290,23 @@ def setup(cfg: GFLConfig, opts: TrainOptions) -> Run:
                amp_dtype, base_lr, loss_module, log, state)
 
 
-def save_checkpoint(run: Run, path: Path) -> None:
-    """Atomically, from the main process only."""
-    if run.main:
-        _save(path, run.model, run.ema, run.optimizer, run.scaler, run.state, run.cfg, run.train_ds.class_names,
-              run.train_ds.label2cat)
+def save_run(run: Run, path: Path) -> None:
+    """The run's checkpoint, in :func:`gflnb.engine.checkpoint.save_checkpoint`'s format (atomically),
+    from the main process only. ``state_dict`` holds the weights to evaluate (the EMA when it is on, as
+    mmengine's EMAHook saves them); the raw training weights go to ``train_state_dict`` for ``--resume``,
+    with the optimizer, the AMP scaler and the RNG state."""
+    if not run.main:
+        return
+    meta = dict(config=run.cfg.to_dict(), classes=run.train_ds.class_names,
+                label2cat={int(k): int(v) for k, v in run.train_ds.label2cat.items()}, gflnb=True, **run.state)
+    extra = {}
+    if run.ema is not None:
+        meta["ema_updates"] = int(run.ema.n_averaged)
+        extra["train_state_dict"] = run.model.state_dict()
+    save_checkpoint(run.ema.module if run.ema is not None else run.model, path, meta,
+                    optimizer=run.optimizer.state_dict(),
+                    scaler=run.scaler.state_dict() if run.scaler is not None else None,
+                    torch_rng=torch.get_rng_state(), **extra)
 
 
 def train_step(run: Run, images: torch.Tensor, targets: list, metas: list) -> dict[str, float]:
@@ -387,7 +383,7 @@ def train_epoch(run: Run, t_start: float) -> Optional[str]:
             if opts.max_iters is not None and state["global_iter"] >= opts.max_iters:
                 return f"max_iters={opts.max_iters}"
             if opts.checkpoint_every and state["global_iter"] % opts.checkpoint_every == 0:
-                save_checkpoint(run, run.latest)
+                save_run(run, run.latest)
     finally:
         bar.close()
     return None
@@ -416,9 +412,9 @@ def end_epoch(run: Run) -> None:
         evaluate_epoch(run)  # the last epoch is evaluated by train() itself
         run.model.train()
     run.log.flush()  # the sinks' (TensorBoard's) epoch on disk
-    save_checkpoint(run, run.latest)
+    save_run(run, run.latest)
     if run.opts.keep_epoch_checkpoints:
-        save_checkpoint(run, run.work / f"epoch_{run.state['epoch']}.pth")
+        save_run(run, run.work / f"epoch_{run.state['epoch']}.pth")
 
 
 def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
@@ -432,7 +428,7 @@ def train(cfg: GFLConfig, opts: TrainOptions) -> dict[str, Any]:
         while run.state["epoch"] < cfg.epochs:
             stop_reason = train_epoch(run, t_start) or stop_reason
             if stop_reason != "finished":
-                save_checkpoint(run, run.latest)
+                save_run(run, run.latest)
                 break
             end_epoch(run)
         state = run.state

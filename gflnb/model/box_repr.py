@@ -157,12 +157,11 @@ class DFLCoder(IntegralCoder):
         return loss_weight * (dfl * weight.repeat_interleave(4)).sum() / (4.0 + AVG_EPS)
 
 
-BoxCoder = Coder
 _CODERS = {c.name: c for c in (DiracCoder, GaussianCoder, IntegralCoder, DFLCoder)}
 assert tuple(sorted(_CODERS)) == tuple(sorted(BOXES)), "config.BOXES and the coders disagree"
 
 
-def build_box_coder(box: str, reg_max: int, bin_interval: float = 1.0) -> BoxCoder:
+def build_box_coder(box: str, reg_max: int, bin_interval: float = 1.0) -> Coder:
     """The coder named by the config's ``box`` field (``bin_interval``: Table 2c's bin width)."""
     if box not in _CODERS:
         raise ConfigError(f"box must be one of {', '.join(map(repr, BOXES))}, got {box!r}")

@@ -50,13 +50,7 @@ class GFL(nn.Module):
             raise ValueError(f"config {cfg.name!r}: in_channels {cfg.in_channels} do not match the backbone's "
                              f"outputs {tuple(self.backbone.out_channels)}")
         self.neck = FPN(cfg.in_channels, cfg.out_channels, cfg.num_outs, cfg.start_level)
-        self.bbox_head = GFLHead(cfg.num_classes, cfg.out_channels, cfg.feat_channels, cfg.stacked_convs,
-                                 cfg.reg_max, cfg.strides, cfg.norm_num_groups, cfg.octave_base_scale, cfg.topk,
-                                 cfg.qfl_beta, cfg.loss_cls_weight, cfg.loss_bbox_weight, cfg.loss_dfl_weight,
-                                 quality=cfg.quality, box=cfg.box, loss_quality_weight=cfg.loss_quality_weight,
-                                 focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
-                                 dgqp_topk=cfg.dgqp_topk, dgqp_channels=cfg.dgqp_channels,
-                                 bin_interval=cfg.bin_interval, dgqp_weight_grad=cfg.dgqp_weight_grad)
+        self.bbox_head = GFLHead.from_config(cfg)
         # single-threaded 1x1 convs through oneDNN, not MKL, whose numbers depend on the CPU's vendor
         onednn_1x1(self)
         # NHWC weights (and inputs, in extract_feat) for training and inference: oneDNN's NHWC convs

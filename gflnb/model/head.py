@@ -26,9 +26,8 @@ from torch import Tensor, nn
 from ..engine import dist
 from ..assigner import atss_assign
 from .box_repr import build_box_coder
-from ..boxes import (aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, integral, scale_boxes,
-                    valid_flags)
-from ..config import ConfigError
+from ..boxes import aligned_iou, anchor_centers, batched_nms, distance2bbox, grid_anchors, scale_boxes, valid_flags
+from ..config import ConfigError, GFLConfig, HeadConfig
 from .layers import ConvModule, Scale
 from ..losses import AVG_EPS, giou_loss
 from .quality import Positives, build_quality
@@ -38,15 +37,13 @@ PRIOR_PROB = 0.01
 
 
 class Integral(nn.Module):
-    """Distribution logits -> expected distance; holds the persistent ``project`` buffer (0..R)."""
+    """Holds the persistent ``project`` buffer (0..R) under mmdetection's key,
+    ``bbox_head.integral.project``; the read-out itself is :func:`gflnb.boxes.integral`."""
 
     def __init__(self, reg_max: int = 16):
         super().__init__()
         self.reg_max = reg_max
         self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return integral(x, self.reg_max)
 
 
 @dataclass
@@ -75,46 +72,47 @@ def _meta(meta: Mapping[str, Any], key: str, i: int) -> Any:
 class GFLHead(nn.Module):
     """Two GN towers, a joint class-quality conv and a distribution conv, shared by all levels.
 
-    ``quality`` and ``box`` pick the paper's ablated variants (``GFLConfig`` documents them); a
-    separate quality branch adds ``quality.*`` keys, ``box='dirac'`` makes ``gfl_reg`` 4 channels
-    wide and drops ``integral.project``. The defaults leave mmdetection's keys and numbers as they are.
+    ``config`` holds the rest of the head's settings (:class:`gflnb.config.HeadConfig`; by default
+    mmdetection's GFL), among them ``quality`` and ``box``, the paper's ablated variants (``GFLConfig``
+    documents them): a separate quality branch adds ``quality.*`` keys, ``box='dirac'`` makes
+    ``gfl_reg`` 4 channels wide and drops ``integral.project``. The defaults leave mmdetection's keys
+    and numbers as they are. :meth:`from_config` builds the head of a ``GFLConfig``.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 256, feat_channels: int = 256, stacked_convs: int = 4,
-                 reg_max: int = 16, strides: Sequence[int] = (8, 16, 32, 64, 128), norm_num_groups: int = 32,
-                 octave_base_scale: int = 8, topk: int = 9, qfl_beta: float = 2.0, loss_cls_weight: float = 1.0,
-                 loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25, *, quality: str = "qfl",
-                 box: str = "dfl", loss_quality_weight: float = 1.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, dgqp_topk: int = 4, dgqp_channels: int = 64, bin_interval: float = 1.0,
-                 dgqp_weight_grad: bool = False):
+                 reg_max: int = 16, strides: Sequence[int] = (8, 16, 32, 64, 128), *,
+                 config: Optional[HeadConfig] = None):
         super().__init__()
+        c = self.config = HeadConfig() if config is None else config
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
-        self.octave_base_scale, self.topk, self.qfl_beta = octave_base_scale, topk, qfl_beta
-        self.loss_weights = (loss_cls_weight, loss_bbox_weight, loss_dfl_weight)
-        self.box_coder = build_box_coder(box, reg_max, bin_interval)  # a plain object: no state-dict keys
-        if quality == "dgqp" and not self.box_coder.has_distribution:
+        self.octave_base_scale, self.topk, self.qfl_beta = c.octave_base_scale, c.topk, c.qfl_beta
+        self.loss_weights = (c.loss_cls_weight, c.loss_bbox_weight, c.loss_dfl_weight)
+        self.box_coder = build_box_coder(c.box, reg_max, c.bin_interval)  # a plain object: no state-dict keys
+        if c.quality == "dgqp" and not self.box_coder.has_distribution:
             raise ConfigError(f"quality 'dgqp' reads the box distribution: it needs box 'integral' or 'dfl', "
-                              f"not {box!r}")
+                              f"not {c.box!r}")
         self.cls_convs = nn.ModuleList()
         self.reg_convs = nn.ModuleList()
         for i in range(stacked_convs):
             chn = in_channels if i == 0 else feat_channels
-            self.cls_convs.append(ConvModule(chn, feat_channels, 3, padding=1, num_groups=norm_num_groups, act=True))
-            self.reg_convs.append(ConvModule(chn, feat_channels, 3, padding=1, num_groups=norm_num_groups, act=True))
+            self.cls_convs.append(ConvModule(chn, feat_channels, 3, padding=1, num_groups=c.norm_num_groups, act=True))
+            self.reg_convs.append(ConvModule(chn, feat_channels, 3, padding=1, num_groups=c.norm_num_groups, act=True))
         self.gfl_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
         self.gfl_reg = nn.Conv2d(feat_channels, self.box_coder.channels, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
         # mmdet's persistent buffer, kept only where there is a distribution to integrate
         self.integral = Integral(reg_max) if self.box_coder.has_distribution else None
         # registered last, so the default (parameter-free) component changes no key and no init draw
-        self.quality = build_quality(quality, feat_channels=feat_channels, reg_max=reg_max,
-                                     loss_cls_weight=loss_cls_weight, qfl_beta=qfl_beta, focal_alpha=focal_alpha,
-                                     focal_gamma=focal_gamma, loss_quality_weight=loss_quality_weight,
-                                     dgqp_topk=dgqp_topk, dgqp_channels=dgqp_channels,
-                                     dgqp_weight_grad=dgqp_weight_grad)
+        self.quality = build_quality(c, feat_channels, reg_max)
         self.box_channels = self.box_coder.channels
         self.reg_channels = self.box_channels + self.quality.extra_channels  # per anchor in bbox_preds
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, cfg: GFLConfig) -> "GFLHead":
+        """The head of a GFL built from ``cfg`` (its input: the FPN's ``out_channels``)."""
+        return cls(cfg.num_classes, cfg.out_channels, cfg.feat_channels, cfg.stacked_convs, cfg.reg_max, cfg.strides,
+                   config=HeadConfig.from_config(cfg))
 
     def reset_parameters(self) -> None:
         for m in self.modules():

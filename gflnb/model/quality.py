@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..engine import dist
 from ..numerics import pmath
-from ..config import QUALITIES, ConfigError
+from ..config import QUALITIES, ConfigError, HeadConfig
 from ..losses import AVG_EPS, _QualityFocal, qfl_soft_target, quality_focal_loss_log, sigmoid_focal_loss
 
 
@@ -370,19 +370,18 @@ _QUALITIES = {q.name: q for q in (FocalQuality, CenternessQuality, IoUQuality, C
 assert tuple(sorted(_QUALITIES)) == tuple(sorted(QUALITIES)), "config.QUALITIES and the components disagree"
 
 
-def build_quality(quality: str, *, feat_channels: int, reg_max: int, loss_cls_weight: float = 1.0,
-                  qfl_beta: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                  loss_quality_weight: float = 1.0, dgqp_topk: int = 4, dgqp_channels: int = 64,
-                  dgqp_weight_grad: bool = False) -> Quality:
-    """The component named by the config's ``quality`` field."""
+def build_quality(config: HeadConfig, feat_channels: int, reg_max: int) -> Quality:
+    """The component named by the head's ``quality`` field, with the head's loss settings."""
+    c, quality = config, config.quality
     if quality == "qfl":
-        return QFLQuality(loss_cls_weight, qfl_beta)
+        return QFLQuality(c.loss_cls_weight, c.qfl_beta)
     if quality in ("none", "centerness_guided", "iou_guided"):
-        return _QUALITIES[quality](loss_cls_weight, focal_alpha, focal_gamma)
+        return _QUALITIES[quality](c.loss_cls_weight, c.focal_alpha, c.focal_gamma)
     if quality in ("centerness", "iou"):
-        return _QUALITIES[quality](feat_channels, loss_cls_weight, focal_alpha, focal_gamma, loss_quality_weight)
+        return _QUALITIES[quality](feat_channels, c.loss_cls_weight, c.focal_alpha, c.focal_gamma,
+                                   c.loss_quality_weight)
     if quality == "dgqp":
-        if dgqp_topk > reg_max + 1:
-            raise ConfigError(f"quality 'dgqp' takes the top {dgqp_topk} of reg_max+1={reg_max + 1} bins")
-        return DGQPQuality(reg_max, dgqp_topk, dgqp_channels, loss_cls_weight, qfl_beta, dgqp_weight_grad)
+        if c.dgqp_topk > reg_max + 1:
+            raise ConfigError(f"quality 'dgqp' takes the top {c.dgqp_topk} of reg_max+1={reg_max + 1} bins")
+        return DGQPQuality(reg_max, c.dgqp_topk, c.dgqp_channels, c.loss_cls_weight, c.qfl_beta, c.dgqp_weight_grad)
     raise ConfigError(f"quality must be one of {', '.join(map(repr, QUALITIES))}, got {quality!r}")

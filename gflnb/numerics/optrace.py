@@ -106,9 +106,10 @@ def record(config: str = "gfl_cpu_demo", steps: int = 2, seed: int = 0, data_roo
     from . import portable
     from ..config import get_config
     from .machine import machine_info
-    from ..data.synth import dataset_paths, ensure_dataset
+    from ..data.synth import dataset_paths, ensure_dataset, synth_root
     from ..engine.train import TrainOptions, setup, train_epoch
-    root = Path(data_root) if data_root else Path(__file__).resolve().parents[2] / "data" / f"synth_v{data_version}"
+    notebooks = Path(__file__).resolve().parents[2] / "notebooks"  # where synth_root's paths start
+    root = Path(data_root) if data_root else Path(os.path.normpath(notebooks / synth_root(data_version)))
     ensure_dataset(root, num_train, num_val, seed=0, progress=False, version=data_version)
     cfg = get_config(config, seed=seed, **(overrides or {}))
     (ann, img) = dataset_paths(root, "train")

@@ -21,16 +21,17 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..engine.evaluate import AP_NAMES
 from . import paper
-from .stats import CONFIDENCE, _values, holm, welch
+from .stats import CONFIDENCE, _values, fmt_interval, holm, welch
+from .sweep import GridError, read_grid_file
 
-VERDICTS = ("holds", "reversed", "not resolved")
 RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
         "with the Welch-Satterthwaite degrees of freedom, from the per-seed values) lies above 0 in the "
         "paper's direction, is reversed when it lies below 0, and is not resolved when it contains 0 or "
         "either variant has fewer than 2 successful seeds")
 MAX_SEEDS = 100  # seeds_needed searches up to this many per variant
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_KEYS = AP_NAMES  # the COCO APs of a row (gflnb/engine/evaluate.py)
 
 
 # ------------------------------------------------------------------ the verdict rule
@@ -103,19 +104,17 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_grid(path: str | Path) -> dict[str, Any]:
-    """The grid file as a mapping ({} when it is missing or unreadable)."""
-    import yaml
+    """The grid file as a mapping, ``variants_from`` resolved as the sweep resolves it
+    (:func:`gflnb.study.sweep.read_grid_file`); {} when it is missing, and with a warning when it is
+    unreadable."""
     path = Path(path)
     if not path.is_file():
         return {}
     try:
-        g = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        warnings.warn(f"{path}: not YAML ({e})")
+        return read_grid_file(path)
+    except GridError as e:
+        warnings.warn(str(e))
         return {}
-    if isinstance(g, dict) and "variants_from" in g and "variants" not in g:  # grid_coco.yaml: grid.yaml's
-        g["variants"] = read_grid(path.parent / str(g["variants_from"])).get("variants") or {}
-    return g if isinstance(g, dict) else {}
 
 
 def variant_order(df: pd.DataFrame, grid: dict[str, Any]) -> list[str]:
@@ -413,7 +412,8 @@ def schedule_sentences(gains: pd.DataFrame, labels: dict[str, str]) -> list[str]
     for _, r in gains.iterrows():
         if not np.isfinite(r["diff"]):
             continue
-        ci = (f" [{r['lo']:+.2f}, {r['hi']:+.2f}]" if np.isfinite(r["lo"]) else " (one seed on a side: no interval)")
+        ci = (" " + fmt_interval(r["lo"], r["hi"], signed=True) if np.isfinite(r["lo"]) else
+              " (one seed on a side: no interval)")
         reading = {"holds": f"so {r['base_epochs']} epochs stop short of a plateau",
                    "reversed": f"so the longer schedule ends below {r['base_epochs']} epochs",
                    "not resolved": f"not resolved at {CONFIDENCE:.0%}: no evidence that {r['base_epochs']} epochs "
@@ -508,7 +508,7 @@ def _pct(x: Optional[float]) -> str:
 def _diff(r: pd.Series) -> str:
     if not np.isfinite(r["diff"]):
         return "no runs to compare"
-    ci = f" [{r['lo']:+.2f}, {r['hi']:+.2f}]" if np.isfinite(r["lo"]) else ""
+    ci = " " + fmt_interval(r["lo"], r["hi"], signed=True) if np.isfinite(r["lo"]) else ""
     pd_ = r["paper_diff"]
     theirs = "" if pd_ is None or not np.isfinite(pd_) else f", {pd_:+.1f} in the paper"
     return f"{r['diff']:+.2f}{ci} AP here{theirs}"
@@ -603,7 +603,7 @@ def learned(claims: pd.DataFrame, info: dict[str, Any], pooled: dict[str, dict[s
                          f"({jl}) has none to compare with.")
             continue
         r = row.iloc[0]
-        ci = (f", {CONFIDENCE:.0%} interval [{r['lo']:+.2f}, {r['hi']:+.2f}] points over "
+        ci = (f", {CONFIDENCE:.0%} interval {fmt_interval(r['lo'], r['hi'], signed=True)} points over "
               f"{r['n_better']} and {r['n_worse']} seeds" if np.isfinite(r["lo"]) else
               f" (one seed on a side: no interval)")
         verdict = {"holds": "more with the separate branch, as the paper's Fig. 2 argues",

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .sweep import ROOT, Grid, Point, _done, _rel, _running, command, record_path
+from .sweep import ROOT, Grid, Point, _rel, command, point_record
 
 DATA_PATHS = (("train_ann", "file"), ("train_images", "dir"), ("val_ann", "file"), ("val_images", "dir"))
 
@@ -27,7 +27,7 @@ def notebook_parameters(notebook: Path) -> set[str]:
 
 def _data(grid: Grid) -> tuple[list[str], list[str]]:
     """(lines saying where the data are, problems)."""
-    from ..data.synth import LATEST_VERSION, dataset_paths
+    from ..data.synth import LATEST_VERSION, dataset_paths, synth_root
     par, base = grid.parameters, grid.notebook.parent  # the notebook runs in its own folder
     lines, problems = [], []
     if par.get("train_ann"):
@@ -42,7 +42,7 @@ def _data(grid: Grid) -> tuple[list[str], list[str]]:
             if not ok:
                 problems.append(f"{key}: {path} is not an existing {'file' if kind == 'file' else 'folder'}")
         return lines, problems
-    root = (base / (par.get("data_root") or f"../data/synth_v{par.get('data_version', LATEST_VERSION)}")).resolve()
+    root = (base / synth_root(par.get("data_version", LATEST_VERSION), par.get("data_root"))).resolve()
     there = all(p.exists() for p in dataset_paths(root, "train") + dataset_paths(root, "val"))
     lines.append(f"data: synthetic set at {root} ({'exists' if there else 'will be generated'}: "
                  f"{par.get('num_train', 1000)} train, {par.get('num_val', 200)} val images, "
@@ -79,18 +79,14 @@ def point_state(grid: Grid, p: Point) -> str:
     """``done``, ``failed``, ``missing``, or ``running`` with what this host can tell of its job."""
     from .executors import alive
     cmd = command(grid, p)
-    if _done(grid, p, cmd) is not None:
+    if point_record(grid, p, "ok", cmd) is not None:
         return "done"
-    run = _running(grid, p, cmd)
+    run = point_record(grid, p, "running", cmd)
     if run is not None:
         live = alive(run)
         job = f"{run.get('executor')} job {run.get('job_id') or run.get('pid')}"
         return f"running ({job}{'' if live else ', dead: will rerun' if live is False else ', unknown here'})"
-    try:
-        rec = json.loads(record_path(grid, p).read_text())
-        return "failed" if rec.get("command") == cmd and rec.get("status") == "failed" else "missing"
-    except (OSError, ValueError):
-        return "missing"
+    return "failed" if point_record(grid, p, "failed", cmd) is not None else "missing"
 
 
 def dry_run(grid: Grid, points: Sequence[Point]) -> tuple[list[str], list[str]]:

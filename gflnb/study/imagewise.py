@@ -21,6 +21,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..files import atomic_path
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's recThrs
 
@@ -40,14 +42,12 @@ class ImageMatches:
     gt_count: np.ndarray  # [I, K] ground truths that count (not ignored) per image and category
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, img_ids=self.img_ids, cat_ids=self.cat_ids, det_cat=self.det_cat.astype(np.int16),
-                            det_img=self.det_img.astype(np.int32), det_score=self.det_score,
-                            det_match=np.packbits(self.det_match, axis=1), det_ignore=np.packbits(self.det_ignore, axis=1),
-                            gt_count=self.gt_count.astype(np.int32))
-        tmp.replace(path)
+        with atomic_path(path, suffix=".tmp.npz") as tmp:  # savez would add .npz to any other name
+            np.savez_compressed(tmp, img_ids=self.img_ids, cat_ids=self.cat_ids,
+                                det_cat=self.det_cat.astype(np.int16), det_img=self.det_img.astype(np.int32),
+                                det_score=self.det_score, det_match=np.packbits(self.det_match, axis=1),
+                                det_ignore=np.packbits(self.det_ignore, axis=1),
+                                gt_count=self.gt_count.astype(np.int32))
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageMatches":

@@ -16,6 +16,17 @@ CONFIDENCE = 0.95
 POWER = 0.80  # the design's chance of resolving a true difference of the planned size
 
 
+def fmt_interval(lo: float, hi: float, digits: int = 2, signed: bool = False) -> str:
+    """An interval as the chapters print it: ``[0.45, 2.01]``, or ``[+0.45, +2.01]`` when ``signed``."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"[{lo:{spec}}, {hi:{spec}}]"
+
+
+def fmt_estimate(x: float, lo: float, hi: float, digits: int = 2, signed: bool = False) -> str:
+    """An estimate and its interval: ``1.23 [0.45, 2.01]``, or ``+1.23 [+0.45, +2.01]`` when ``signed``."""
+    return f"{x:{'+' if signed else ''}.{digits}f} {fmt_interval(lo, hi, digits, signed)}"
+
+
 def _values(x: Sequence[float]) -> np.ndarray:
     return np.asarray([v for v in x if v is not None and np.isfinite(v)], np.float64)
 

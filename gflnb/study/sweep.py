@@ -42,16 +42,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..engine.evaluate import AP_NAMES
+from ..files import atomic_write_text
 from .executors import SlurmOptions
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: gflnb/<role>/<module>.py
-COLUMNS = ("variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "test_AP", "status", "error", "iterations",
-           "command", "metrics_path", "record_path")
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_KEYS = AP_NAMES  # the COCO APs a record's metrics hold (gflnb/engine/evaluate.py)
+COLUMNS = ("variant", "seed", *AP_KEYS, "test_AP", "status", "error", "iterations", "command", "metrics_path",
+           "record_path")
 # Variants whose records carry the background-anchor summary of the paper's Fig. 2 (chapter 7);
 # qfl_dirac is the joint score on the separate branches' (Dirac) box
 BACKGROUND_VARIANTS = ("gfl", "iou", "centerness", "dgqp", "qfl_dirac")
@@ -108,8 +110,9 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path.resolve(), start.resolve())
 
 
-def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) -> Grid:
-    """The grid in ``path``; ``sets`` overrides its notebook parameters (``gflnb sweep --set``)."""
+def read_grid_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The grid file's mapping as written, with ``variants_from`` resolved: a grid without variants of
+    its own takes those of the grid file it names (two scales of one design); raises :class:`GridError`."""
     import yaml
     path = Path(path)
     if not path.is_file():
@@ -120,12 +123,19 @@ def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) ->
         raise GridError(f"{path}: not YAML ({e})") from None
     if not isinstance(g, dict):
         raise GridError(f"{path}: expected a mapping with notebook, variants and seeds")
-    if "variants_from" in g and "variants" not in g:  # another grid's variants: two scales of one design
+    if "variants_from" in g and "variants" not in g:
         src = path.parent / str(g["variants_from"])
         try:
             g["variants"] = yaml.safe_load(src.read_text())["variants"]
         except (OSError, yaml.YAMLError, TypeError, KeyError):
             raise GridError(f"{path}: variants_from: {src} is no grid file with variants") from None
+    return g
+
+
+def load_grid(path: str | os.PathLike, sets: Optional[dict[str, Any]] = None) -> Grid:
+    """The grid in ``path``; ``sets`` overrides its notebook parameters (``gflnb sweep --set``)."""
+    path = Path(path)
+    g = read_grid_file(path)
     missing = [k for k in ("notebook", "variants", "seeds") if k not in g]
     if missing:
         raise GridError(f"{path}: missing {', '.join(missing)}")
@@ -226,45 +236,32 @@ def failure_line(output: str) -> str:
     return next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _done(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
-    rp = record_path(grid, p)
-    if not rp.exists():
-        return None
-    try:
-        rec = json.loads(rp.read_text())
-    except json.JSONDecodeError:
-        return None
-    return rec if rec.get("status") == "ok" and rec.get("command") == cmd else None
-
-
-def _running(grid: Grid, p: Point, cmd: str) -> Optional[dict]:
-    """The point's ``running`` record for this command (a job in flight, or one that died), if any."""
+def point_record(grid: Grid, p: Point, status: Optional[str] = None, cmd: Optional[str] = None) -> Optional[dict]:
+    """The point's record where it is this grid's: readable, and with the command the grid gives the point
+    (``cmd``, when the caller has it already); a record of another grid (other parameters) is not this
+    point's result. With ``status``, only a record in that state: ``ok`` (done), ``running`` (a job in
+    flight, or one that died), ``failed``."""
     try:
         rec = json.loads(record_path(grid, p).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return rec if rec.get("status") == "running" and rec.get("command") == cmd else None
+    if rec.get("command") != (command(grid, p) if cmd is None else cmd):
+        return None
+    return rec if status is None or rec.get("status") == status else None
 
 
 def _claim(grid: Grid, p: Point, executor: str, job_id: str) -> None:
     """Record a job the driver has just submitted (queued, perhaps for hours) as ``running``, unless
     the job has already started and recorded itself."""
     cmd = command(grid, p)
-    run = _running(grid, p, cmd)
+    run = point_record(grid, p, "running", cmd)
     if run is not None and str(run.get("job_id")) == str(job_id):
         return
     rec = dict(variant=p.variant, seed=p.seed, command=cmd, status="running", executor=executor, job_id=job_id,
                submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), starts=int((run or {}).get("starts", 0)))
     if executor == "submitit-local":  # its job id is its process's pid, on this host
         rec.update(host=socket.gethostname(), pid=int(job_id))
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1))
 
 
 def _lost(grid: Grid, p: Point, e: BaseException) -> dict:
@@ -272,7 +269,7 @@ def _lost(grid: Grid, p: Point, e: BaseException) -> dict:
     rec = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=command(grid, p),
                parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT), status="failed",
                error=f"lost: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1))
     return rec
 
 
@@ -284,13 +281,13 @@ def _background(grid: Grid, p: Point) -> Optional[dict]:
 
     from ..chapters.analysis import anchor_scores, background_summary, load_model
     from ..data.coco import CocoDetection
-    from ..data.synth import LATEST_VERSION, dataset_paths
+    from ..data.synth import LATEST_VERSION, dataset_paths, synth_root
     ck = grid.out / "runs" / p.id / "latest.pth"
     par, base = point_parameters(grid, p), grid.notebook.parent  # paths as the notebook reads them
     if par.get("val_ann"):
         val_ann, val_img = (base / par["val_ann"]).resolve(), (base / par["val_images"]).resolve()
     else:
-        root = par.get("data_root") or f"../data/synth_v{par.get('data_version', LATEST_VERSION)}"
+        root = synth_root(par.get("data_version", LATEST_VERSION), par.get("data_root"))
         val_ann, val_img = dataset_paths((base / root).resolve(), "val")
     model = load_model(ck)
     ds = CocoDetection(val_ann, val_img, model.cfg, train=False)
@@ -312,7 +309,7 @@ def run_point(grid: Grid, p: Point) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(grid.threads)}
     t0 = time.perf_counter()
     where = task_identity()
-    starts = int((_running(grid, p, cmd) or {}).get("starts", 0)) + 1  # > 1: earlier starts died
+    starts = int((point_record(grid, p, "running", cmd) or {}).get("starts", 0)) + 1  # > 1: earlier starts died
     rec: dict[str, Any] = dict(variant=p.variant, seed=p.seed, overrides=p.overrides, command=cmd,
                                parameters=point_parameters(grid, p), metrics_path=_rel(metrics_path(grid, p), ROOT))
     mp = metrics_path(grid, p)
@@ -320,7 +317,7 @@ def run_point(grid: Grid, p: Point) -> dict:
         mp.unlink()  # a metrics file from an earlier, killed attempt must not pass for this one's
     proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=die_with_parent)
-    _atomic_write(record_path(grid, p), json.dumps(
+    atomic_write_text(record_path(grid, p), json.dumps(
         {**rec, "status": "running", **where, "pid": proc.pid, "pid_started": process_started(proc.pid),
          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "starts": starts}, indent=1, default=str))
     stdout, stderr = proc.communicate()
@@ -346,7 +343,7 @@ def run_point(grid: Grid, p: Point) -> dict:
         except Exception as e:  # the row stands without it; add_background, the driver's repair pass, retries
             import warnings
             warnings.warn(f"{p.id}: no background summary ({e})")
-    _atomic_write(record_path(grid, p), json.dumps(rec, indent=1, default=str))
+    atomic_write_text(record_path(grid, p), json.dumps(rec, indent=1, default=str))
     return rec
 
 
@@ -368,7 +365,7 @@ def add_background(grid: Grid, points: Sequence[Point]) -> int:
         except Exception as e:  # the row stands without it; the chapter says what is missing
             warnings.warn(f"{p.id}: no background summary ({e})")
             continue
-        _atomic_write(rp, json.dumps(rec, indent=1, default=str))
+        atomic_write_text(rp, json.dumps(rec, indent=1, default=str))
         n += 1
     return n
 
@@ -395,37 +392,35 @@ def write_table(grid: Grid, points: Sequence[Point]) -> Path:
     w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
     w.writeheader()
     for p in points:
-        rp = record_path(grid, p)
-        rec = json.loads(rp.read_text()) if rp.exists() else None
-        if rec is not None and rec.get("command") != command(grid, p):
-            rec = None  # a record from another grid (other parameters) is not this point's result
-        w.writerow(_row(grid, p, rec))
+        w.writerow(_row(grid, p, point_record(grid, p)))
     path = grid.out / "results.csv"
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
+# A sink of the records: called with each finished point's record as it comes in, and once at the end
+# with None (every record of the grid); gflnb/study/tracking.py's mlflow_sink is one (gflnb sweep --mlflow)
+Sink = Callable[[Grid, Optional[Sequence[dict]]], None]
+
+
 def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Optional[Sequence[str]] = None,
-              seeds: Optional[Sequence[int]] = None, progress: bool = True, mlflow: bool = False,
+              seeds: Optional[Sequence[int]] = None, progress: bool = True, sink: Optional[Sink] = None,
               executor: str = "local", slurm: Optional[SlurmOptions] = None,
               sets: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run every point not yet done, ``jobs`` at a time, on ``executor`` (gflnb/study/executors.py: local,
     dask://HOST:PORT, slurm, submitit-local); returns counts and the table's path.
-    ``mlflow``: also import each finished point, and at the end all, into OUT/mlflow.db (gflnb/study/tracking.py)."""
+    ``sink``: also hand it each finished point's record, and at the end all of them (:data:`Sink`)."""
     from .executors import alive, drive, open_backend
     grid = load_grid(grid_file, sets)
-    if mlflow:
-        from .tracking import mlflow_sink, require_mlflow
-        require_mlflow()  # missing: one line now, not after hours of runs
     points = grid.select(only, seeds)
     every = grid.select()  # the table always covers the whole grid: --only reruns rows, never drops the rest
     backend = open_backend(executor, jobs, grid.out / "submitit", slurm or SlurmOptions(), grid.jobs)
     todo, elsewhere = [], 0
     for p in points:
         cmd = command(grid, p)
-        if _done(grid, p, cmd) is not None:
+        if point_record(grid, p, "ok", cmd) is not None:
             continue
-        run = _running(grid, p, cmd)
+        run = point_record(grid, p, "running", cmd)
         if run is not None and (live := alive(run, backend.client)) is not False:
             elsewhere += 1  # in flight (another driver's, or one this driver cannot check): never twice
             if live is None:
@@ -439,14 +434,13 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
-        from ..data.synth import LATEST_VERSION, ensure_dataset
+        from ..data.synth import LATEST_VERSION, ensure_dataset, synth_root, test_set_root
         par = grid.parameters
-        ensure_dataset((grid.notebook.parent / par["data_root"]).resolve(), par.get("num_train", 1000),
-                       par.get("num_val", 200), seed=par.get("data_seed", 0), progress=progress,
-                       version=par.get("data_version", LATEST_VERSION))
+        version = par.get("data_version", LATEST_VERSION)
+        ensure_dataset((grid.notebook.parent / synth_root(version, par["data_root"])).resolve(),
+                       par.get("num_train", 1000), par.get("num_val", 200), seed=par.get("data_seed", 0),
+                       progress=progress, version=version)
         if par.get("num_test") and not par.get("test_ann"):  # the held-out set, likewise once
-            from ..data.synth import test_set_root
-            version = par.get("data_version", LATEST_VERSION)
             ensure_dataset((grid.notebook.parent / test_set_root(version, par["num_test"], par.get("test_seed", 7)))
                            .resolve(), 0, par["num_test"], seed=par.get("test_seed", 7), progress=progress,
                            version=version)
@@ -459,8 +453,8 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
             with lock:
                 failed += rec["status"] != "ok"
                 write_table(grid, every)  # after every point: a killed sweep leaves its table current
-                if mlflow:
-                    mlflow_sink(grid, [rec])
+                if sink is not None:
+                    sink(grid, [rec])
                 ap = rec.get("metrics", {}).get("AP")
                 bar.set_postfix_str(f"{rec['variant']} s{rec['seed']}: " +
                                     (f"AP {ap:.1f}" if rec["status"] == "ok" else "failed"))
@@ -470,10 +464,10 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     bar.close()
     summarized = add_background(grid, points)
     table = write_table(grid, every)
-    if mlflow:  # every record, with the background summaries added since
-        mlflow_sink(grid)
+    if sink is not None:  # every record, with the background summaries added since
+        sink(grid, None)
     summary = dict(points=len(points), ran=len(todo), skipped=skipped, failed=failed, summarized=summarized,
                    wall_s=round(time.perf_counter() - t0, 1), jobs=jobs, table=_rel(table, ROOT),
                    running=elsewhere, executor=executor)
-    _atomic_write(grid.out / "sweep.json", json.dumps(summary, indent=1))
+    atomic_write_text(grid.out / "sweep.json", json.dumps(summary, indent=1))
     return summary

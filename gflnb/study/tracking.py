@@ -32,7 +32,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .sweep import AP_KEYS, Grid, Point, command, load_grid, record_path
+from ..engine.evaluate import AP_NAMES
+from .sweep import Grid, Point, load_grid, point_record
 
 TAG_POINT = "gflnb.point_id"
 TAG_HASH = "gflnb.record_sha256"
@@ -85,13 +86,7 @@ def sweep_records(out: Path, grid: Optional[Grid] = None) -> list[dict]:
     """Every record of the sweep: a grid's points whose record has the grid's command (as its table
     counts them), or, without a grid, every ``records/*.json`` of the folder."""
     if grid is not None:
-        recs = []
-        for p in grid.select():
-            rp = record_path(grid, p)
-            rec = json.loads(rp.read_text()) if rp.exists() else None
-            if rec is not None and rec.get("command") == command(grid, p):
-                recs.append(rec)
-        return recs
+        return [rec for p in grid.select() if (rec := point_record(grid, p)) is not None]
     return [json.loads(f.read_text()) for f in sorted((out / "records").glob("*.json"))]
 
 
@@ -129,11 +124,11 @@ def _params(rec: dict) -> dict[str, str]:
 def _metrics(rec: dict, now_ms: int) -> list:
     """The final APs (and counts) at step 0, and the learning curve at step = epoch."""
     from mlflow.entities import Metric
-    final = {**{k: v for k, v in (rec.get("metrics") or {}).items() if k in AP_KEYS},
+    final = {**{k: v for k, v in (rec.get("metrics") or {}).items() if k in AP_NAMES},
              **{k: rec[k] for k in _SCALARS if isinstance(rec.get(k), (int, float))}}
     out = [Metric(k, float(v), now_ms, 0) for k, v in final.items() if v is not None]
     for e in rec.get("eval_history") or []:
-        out += [Metric(f"eval/{k}", float(e[k]), now_ms, int(e["epoch"])) for k in AP_KEYS if k in e]
+        out += [Metric(f"eval/{k}", float(e[k]), now_ms, int(e["epoch"])) for k in AP_NAMES if k in e]
     return out
 
 
