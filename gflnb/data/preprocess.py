@@ -83,3 +83,10 @@ def load_image(path: str) -> np.ndarray:
         raise ValueError(f"cannot decode image (corrupt or not an image): {path}")
     return img
 
+
+def prepare_image(img_bgr: np.ndarray, scale: Sequence[int]) -> tuple[Tensor, dict]:
+    """Test-time: keep-ratio resize of a decoded image -> ``[3, h, w]`` uint8 tensor and its meta."""
+    ori = img_bgr.shape[:2]
+    resized, sf = resize_keep_ratio(img_bgr, scale)
+    t = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    return t, dict(ori_shape=tuple(ori), img_shape=tuple(resized.shape[:2]), scale_factor=sf)
