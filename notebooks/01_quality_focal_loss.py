@@ -105,7 +105,8 @@ per_class = quality_focal_loss(
     logits, torch.tensor([2]), torch.tensor([target_iou])
 )
 print(
-    f"scores {logits.sigmoid().numpy().round(3)} -> QFL summed over classes "
+    f"scores {logits.sigmoid().numpy().round(3)} -> QFL summed over "
+    "classes "
     "= "
     f"{per_class.item():.4f}"
 )

@@ -118,7 +118,9 @@ fig = viz.plot_distributions(
 
 # %%
 def descend(loss_fn, steps, lr):
-    z = torch.zeros(1, reg_max + 1, dtype=torch.float64, requires_grad=True)
+    z = torch.zeros(
+        1, reg_max + 1, dtype=torch.float64, requires_grad=True
+    )
     snaps, curve = [], []
     keep = sorted({0, 5, 20, 60, steps // 2, steps})
     for s in range(steps + 1):

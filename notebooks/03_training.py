@@ -37,7 +37,9 @@ config = "gfl_cpu_demo"  # a preset name (see gflnb.PRESETS)
 # synthetic set location (generated when missing); empty:
 # ../data/synth_v{data_version}
 data_root = ""
-num_train = 1000  # synthetic training images (used when train_ann is empty)
+num_train = (
+    1000  # synthetic training images (used when train_ann is empty)
+)
 num_val = 200  # synthetic validation images
 train_ann = ""  # COCO-format annotations; empty: the synthetic set
 train_images = ""
@@ -99,7 +101,9 @@ nb.check(
 nb.check(
     "num_train", num_train, int, nb.positive, "must be a positive integer"
 )
-nb.check("num_val", num_val, int, nb.positive, "must be a positive integer")
+nb.check(
+    "num_val", num_val, int, nb.positive, "must be a positive integer"
+)
 nb.check("overrides", overrides, dict)
 nb.check(
     "device",
@@ -161,7 +165,9 @@ if num_test and not test_ann:
         progress=False,
         version=data_version,
     )
-    test_ann, test_images = (str(p) for p in dataset_paths(test_root, "val"))
+    test_ann, test_images = (
+        str(p) for p in dataset_paths(test_root, "val")
+    )
 stats = ann_stats(train_ann)
 print(
     f"training data: {stats['num_images']} images, "
@@ -203,7 +209,9 @@ show = [
     "warmup_iters",
 ]
 # one field a line, so that the output fits the page
-pprint.pprint({k: getattr(cfg, k) for k in show}, width=78, sort_dicts=False)
+pprint.pprint(
+    {k: getattr(cfg, k) for k in show}, width=78, sort_dicts=False
+)
 
 # %% [markdown]
 # ## Some training images
@@ -255,12 +263,17 @@ metrics = train(cfg, opts)
 machine = machine_info()
 print(
     json.dumps(
-        {k: v for k, v in metrics.items() if k not in ("per_class", "test")},
+        {
+            k: v
+            for k, v in metrics.items()
+            if k not in ("per_class", "test")
+        },
         indent=1,
     )
 )
 print(
-    f"{metrics['iterations']} iterations in {metrics['train_minutes']:.2f} "
+    f"{metrics['iterations']} iterations in "
+    f"{metrics['train_minutes']:.2f} "
     f"min\non {describe(machine)}"
 )
 

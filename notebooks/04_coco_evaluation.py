@@ -28,7 +28,9 @@
 # %% tags=["parameters"]
 # a gflnb checkpoint, or an mmdetection model-zoo file
 checkpoint = "../runs/chapter3/latest.pth"
-config = ""  # a preset name; empty: the config stored in a gflnb checkpoint
+config = (
+    ""  # a preset name; empty: the config stored in a gflnb checkpoint
+)
 ann = "../data/synth_v2/annotations/instances_val.json"
 images = "../data/synth_v2/val"
 # the seed-table row to show beside the result
@@ -66,10 +68,18 @@ nb.check(
     "must be 0 (all) or a positive integer",
 )
 nb.check(
-    "batch_size", batch_size, int, nb.positive, "must be a positive integer"
+    "batch_size",
+    batch_size,
+    int,
+    nb.positive,
+    "must be a positive integer",
 )
 nb.check(
-    "score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)"
+    "score_thr",
+    score_thr,
+    float,
+    lambda v: 0 <= v < 1,
+    "must be in [0, 1)",
 )
 
 from pathlib import Path
@@ -108,7 +118,9 @@ print(
 # ## The AP table
 
 # %%
-results = predict_dataset(model.to(dev), ds, dev, batch_size, progress=False)
+results = predict_dataset(
+    model.to(dev), ds, dev, batch_size, progress=False
+)
 Path(results_file).parent.mkdir(parents=True, exist_ok=True)
 import json
 
@@ -183,7 +195,8 @@ display(
         f"{calib['pearson']:.2f} (Spearman "
         f"{calib['spearman']:.2f}: the many low-score detections on "
         "background, IoU 0, dominate the ranks).\n"
-        f"* Among the {c_hi['n']} detections scoring at least 0.3, the ones "
+        f"* Among the {c_hi['n']} detections scoring at least 0.3, the "
+        "ones "
         "NMS and AP care about, r = "
         f"{c_hi['pearson']:.2f}: the higher the joint score, the tighter "
         "the "

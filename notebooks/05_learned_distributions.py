@@ -38,8 +38,8 @@ max_images = 200  # images to analyse
 # objects in the gallery: a third clear, a third blurred, a third occluded
 gallery_size = 6
 score_thr = 0.05  # test-time score threshold
-# a gt is matched by its best detection of the same class with at least this
-# IoU
+# a gt is matched by its best detection of the same class with at least
+# this IoU
 iou_match = 0.5
 n_boot = 2000  # bootstrap replicates of every interval
 explore_image = 0  # the image the explorer starts on
@@ -56,7 +56,11 @@ nb.check(
     "must name a checkpoint file",
 )
 nb.check(
-    "max_images", max_images, int, nb.positive, "must be a positive integer"
+    "max_images",
+    max_images,
+    int,
+    nb.positive,
+    "must be a positive integer",
 )
 nb.check(
     "gallery_size",
@@ -66,10 +70,18 @@ nb.check(
     "must be between 1 and 24",
 )
 nb.check(
-    "score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)"
+    "score_thr",
+    score_thr,
+    float,
+    lambda v: 0 <= v < 1,
+    "must be in [0, 1)",
 )
 nb.check(
-    "iou_match", iou_match, float, lambda v: 0 < v <= 1, "must be in (0, 1]"
+    "iou_match",
+    iou_match,
+    float,
+    lambda v: 0 < v <= 1,
+    "must be in (0, 1]",
 )
 nb.check("n_boot", n_boot, int, lambda v: v >= 100, "must be at least 100")
 nb.check(
@@ -108,7 +120,8 @@ if edges.empty:
     )
 has_truth = "kind" in edges
 print(
-    f"{edges['ann_id'].nunique()} matched objects, {len(edges)} edges from "
+    f"{edges['ann_id'].nunique()} matched objects, {len(edges)} edges "
+    "from "
     f"{min(max_images, len(ds))} images"
 )
 
@@ -206,7 +219,8 @@ display(
             "r": corr["r"].round(3).to_numpy(),
             "edges": corr["edges"].to_numpy(),
             "95% interval": [
-                f"[{a:.3f}, {b:.3f}]" for a, b in zip(corr["lo"], corr["hi"])
+                f"[{a:.3f}, {b:.3f}]"
+                for a, b in zip(corr["lo"], corr["hi"])
             ],
         },
         index=[f"r({x}, {y})" for x, y in zip(corr["x"], corr["y"])],
@@ -239,7 +253,9 @@ if views:
         np.stack([v["dist"] for v in views]),
         [v["title"] for v in views],
         (
-            np.array([v["ambiguity"] or [np.nan] * 4 for v in views], float)
+            np.array(
+                [v["ambiguity"] or [np.nan] * 4 for v in views], float
+            )
             if has_truth
             else None
         ),

@@ -237,6 +237,7 @@ nb.record(
     chapter="performance",
     source=source,
     conv_gflops=res["conv_gflops"],
-    gflnb_vs_fcos=g["gflnb"]["median_s"] / g["torchvision fcos"]["median_s"],
+    gflnb_vs_fcos=g["gflnb"]["median_s"]
+    / g["torchvision fcos"]["median_s"],
     gflnb_x_floor=g["gflnb"]["x_floor"],
 )

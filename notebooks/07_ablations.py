@@ -90,7 +90,10 @@ labels = ablation.variant_labels(
     g,
     order
     + [
-        v for t in paper.TABLES.values() for v in t["rows"] if v not in order
+        v
+        for t in paper.TABLES.values()
+        for v in t["rows"]
+        if v not in order
     ],
 )
 ok = ablation.ok_rows(df)
@@ -124,7 +127,9 @@ if len(stats) and len(df):
             "not run yet": stats["missing"].to_numpy(),
             **{
                 m: [
-                    ablation.fmt(s[f"{m}_mean"], s[f"{m}_std"], int(s["n"]))
+                    ablation.fmt(
+                        s[f"{m}_mean"], s[f"{m}_std"], int(s["n"])
+                    )
                     for _, s in stats.iterrows()
                 ]
                 for m in ("AP", "AP50", "AP75")
@@ -283,7 +288,8 @@ if len(curves):
     )
 else:
     print(
-        "No record has validation APs per epoch (the grid's eval_every): no "
+        "No record has validation APs per epoch (the grid's eval_every): "
+        "no "
         "curves to draw."
     )
 
@@ -298,7 +304,8 @@ else:
 # %% tags=["hide-input"]
 schedule = ablation.schedule_gains(df, g, curves)
 if len(schedule) and np.isfinite(schedule["diff"]).any():
-    # few, short columns: the table fits the page without scrolling sideways
+    # few, short columns: the table fits the page without scrolling
+    # sideways
     display(
         pd.DataFrame(
             {
@@ -378,7 +385,8 @@ show = claims.assign(
             for a, b in zip(claims["lo"], claims["hi"])
         ],
         "n (better/worse)": [
-            f"{a}/{b}" for a, b in zip(claims["n_better"], claims["n_worse"])
+            f"{a}/{b}"
+            for a, b in zip(claims["n_better"], claims["n_worse"])
         ],
         "Holm": claims["holm_verdict"],
     }
@@ -404,7 +412,8 @@ display(
 )
 fig = viz.plot_claims(claims, ablation.CONFIDENCE)
 print(
-    f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved "
+    f"holds {counts['holds']}, reversed {counts['reversed']}, not "
+    "resolved "
     f"{counts['not_resolved']} "
     f"of {len(claims)} claims"
 )
@@ -420,7 +429,14 @@ display(
     Markdown(
         "\n".join(
             ablation.learned(
-                claims, info, pooled, labels, ok, records, by_epoch, schedule
+                claims,
+                info,
+                pooled,
+                labels,
+                ok,
+                records,
+                by_epoch,
+                schedule,
             )
         )
     )

@@ -48,7 +48,11 @@ nb.check(
     "must name a checkpoint file",
 )
 nb.check(
-    "score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)"
+    "score_thr",
+    score_thr,
+    float,
+    lambda v: 0 <= v < 1,
+    "must be in [0, 1)",
 )
 
 from gflnb import explore
