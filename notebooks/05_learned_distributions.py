@@ -146,7 +146,7 @@ if has_truth:
     q = blurred["blur_bins"].quantile([0.1, 0.5, 0.9])
     print(
         f"blur sigma on blurred edges, in bins: 10% {q[0.1]:.2f}, median "
-        f"{q[0.5]:.2f}, 90% {q[0.9]:.2f} "
+        f"{q[0.5]:.2f}, 90% {q[0.9]:.2f}\n"
         f"(+-2 sigma spans {4 * q[0.5]:.1f} bins at the median)"
     )
 

@@ -62,8 +62,8 @@ else:
         "measured just now (quick suite)" if quick else "measured just now"
     )
 print(
-    f"{source}: {res['machine']}; attained rate {res['conv_gflops']:.0f} "
-    "GFLOP/s"
+    f"{source}:\n{res['machine']}\n"
+    f"attained rate {res['conv_gflops']:.0f} GFLOP/s"
 )
 
 # %% [markdown]
@@ -187,7 +187,7 @@ ax.set(
 native_path = Path(native_json)
 if native_path.exists():
     nat = json.loads(native_path.read_text())
-    print(f"portable: {res['machine']}\nnative:   {nat['machine']}")
+    print(f"portable:\n{res['machine']}\nnative:\n{nat['machine']}")
     cmp_rows = []
     for shape, models in res["inference"].items():
         for name in ("gflnb", "torchvision fcos"):

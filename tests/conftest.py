@@ -112,7 +112,8 @@ def executed(tmp_path_factory):
     book.mkdir()
     for f in ("_config.yml", "_toc.yml", "intro.md"):
         shutil.copy(ROOT / "book" / f, book / f)
-    shutil.copytree(ROOT / "book" / "docs", book / "docs")  # the user pages, as the book has them
+    shutil.copytree(ROOT / "book" / "docs", book / "docs")
+    shutil.copytree(ROOT / "book" / "css", book / "css")  # the user pages, as the book has them
     shutil.copy(ROOT / "CHANGELOG.md", tmp / "CHANGELOG.md")  # docs/history.md includes ../../CHANGELOG.md
     out = {}
     for name, p in params.items():

@@ -29,8 +29,13 @@ WIDE = """(allowTables) => {
     }
     return false;
   };
-  const isTable = (el) => el.tagName === 'TABLE' || el.closest('table') !== null
-                          || el.querySelector(':scope > table') !== null;
+  // a table, a cell of one, or a box whose overflowing content is a table (pandas wraps its
+  // tables in a div and a style)
+  const isTable = (el) => {
+    if (el.tagName === 'TABLE' || el.closest('table') !== null) return true;
+    const t = el.querySelector('table');
+    return t !== null && t.getBoundingClientRect().width >= el.scrollWidth - 2;
+  };
   const out = [];
   for (const el of art.querySelectorAll('*')) {
     const cs = getComputedStyle(el);
