@@ -33,7 +33,8 @@
 
 # %% tags=["parameters"]
 target_iou = 0.7  # the soft target y of the positive example in the plots
-betas = [0.5, 1.0, 2.0, 4.0]  # modulating exponents to compare (the paper uses 2)
+# modulating exponents to compare (the paper uses 2)
+betas = [0.5, 1.0, 2.0, 4.0]
 toy_steps = 400  # optimisation steps of the toy experiment
 toy_samples = 4000  # anchors in the toy experiment
 seed = 0
@@ -41,11 +42,31 @@ seed = 0
 # %% tags=["hide-input"]
 from gflnb.chapters import nbtools as nb
 
-nb.check("target_iou", target_iou, float, lambda v: 0 < v < 1, "must lie strictly between 0 and 1")
-nb.check("betas", betas, list, lambda v: len(v) > 0 and all(isinstance(b, (int, float)) and b > 0 for b in v),
-         "must be a non-empty list of positive numbers")
-nb.check("toy_steps", toy_steps, int, nb.positive, "must be a positive integer")
-nb.check("toy_samples", toy_samples, int, lambda v: v >= 100, "must be at least 100")
+nb.check(
+    "target_iou",
+    target_iou,
+    float,
+    lambda v: 0 < v < 1,
+    "must lie strictly between 0 and 1",
+)
+nb.check(
+    "betas",
+    betas,
+    list,
+    lambda v: len(v) > 0
+    and all(isinstance(b, (int, float)) and b > 0 for b in v),
+    "must be a non-empty list of positive numbers",
+)
+nb.check(
+    "toy_steps", toy_steps, int, nb.positive, "must be a positive integer"
+)
+nb.check(
+    "toy_samples",
+    toy_samples,
+    int,
+    lambda v: v >= 100,
+    "must be at least 100",
+)
 nb.check("seed", seed, int)
 
 import numpy as np
@@ -80,8 +101,15 @@ fig = viz.plot_qfl_vs_focal(target_iou, betas)
 
 # %%
 logits = torch.tensor([[-2.0, 0.5, 1.2, -3.0]])
-per_class = quality_focal_loss(logits, torch.tensor([2]), torch.tensor([target_iou]))
-print(f"scores {logits.sigmoid().numpy().round(3)} -> QFL summed over classes = {per_class.item():.4f}")
+per_class = quality_focal_loss(
+    logits, torch.tensor([2]), torch.tensor([target_iou])
+)
+print(
+    f"scores {logits.sigmoid().numpy().round(3)} -> QFL summed over "
+    "classes "
+    "= "
+    f"{per_class.item():.4f}"
+)
 
 # %% [markdown]
 # ## A toy experiment: does the score track the IoU?
@@ -97,7 +125,10 @@ print(f"scores {logits.sigmoid().numpy().round(3)} -> QFL summed over classes = 
 # %%
 results = compare(steps=toy_steps, seed=seed, n=toy_samples)
 fig = viz.plot_score_vs_iou(results)
-corr = {name: correlation(iou[pos], score[pos])["pearson"] for name, (iou, score, pos) in results.items()}
+corr = {
+    name: correlation(iou[pos], score[pos])["pearson"]
+    for name, (iou, score, pos) in results.items()
+}
 for name, r in corr.items():
     print(f"{name:32s} Pearson r(score, IoU) on positives = {r:.3f}")
 short = dict(zip(corr, ("r_focal", "r_separate", "r_qfl")))
@@ -116,5 +147,10 @@ short = dict(zip(corr, ("r_focal", "r_separate", "r_qfl")))
 #   its estimates go wrong. Chapter 4 measures the score-IoU relation of a trained GFL.
 
 # %% tags=["remove-cell"]
-nb.record(chapter="qfl", target_iou=target_iou, betas=betas, toy_steps=toy_steps,
-          **{short[k]: v for k, v in corr.items()})
+nb.record(
+    chapter="qfl",
+    target_iou=target_iou,
+    betas=betas,
+    toy_steps=toy_steps,
+    **{short[k]: v for k, v in corr.items()},
+)

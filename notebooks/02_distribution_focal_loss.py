@@ -44,8 +44,20 @@ seed = 0
 # %% tags=["hide-input"]
 from gflnb.chapters import nbtools as nb
 
-nb.check("reg_max", reg_max, int, lambda v: 2 <= v <= 64, "must be an integer in [2, 64]")
-nb.check("target", target, float, lambda v: 0 <= v < reg_max - 0.1 + 1e-9, "must lie in [0, reg_max - 0.1]")
+nb.check(
+    "reg_max",
+    reg_max,
+    int,
+    lambda v: 2 <= v <= 64,
+    "must be an integer in [2, 64]",
+)
+nb.check(
+    "target",
+    target,
+    float,
+    lambda v: 0 <= v < reg_max - 0.1 + 1e-9,
+    "must lie in [0, reg_max - 0.1]",
+)
 nb.check("steps", steps, int, nb.positive, "must be a positive integer")
 nb.check("lr", lr, float, nb.positive, "must be positive")
 nb.check("seed", seed, int)
@@ -69,10 +81,12 @@ bins = torch.arange(reg_max + 1, dtype=torch.float64)
 # Gaussian can only be symmetric and unimodal; the general distribution can be flat where an edge is
 # unclear, skewed, or even bimodal when two positions are plausible (an occluded edge).
 
+
 # %%
 def normalise(p):
     p = np.clip(np.asarray(p, float), 0, None)
     return p / p.sum()
+
 
 i = int(np.floor(target))
 dirac = np.zeros(reg_max + 1)
@@ -83,8 +97,15 @@ lo, hi = max(0, i - 3), min(reg_max, i + 3)
 w_hi = (target - lo) / (hi - lo)
 bimodal = np.zeros(reg_max + 1)
 bimodal[lo], bimodal[hi] = 1 - w_hi, w_hi
-fig = viz.plot_distributions({"Dirac (two-bin)": dirac, "Gaussian": gauss, "general (bimodal)": bimodal},
-                             target, reg_max)
+fig = viz.plot_distributions(
+    {
+        "Dirac (two-bin)": dirac,
+        "Gaussian": gauss,
+        "general (bimodal)": bimodal,
+    },
+    target,
+    reg_max,
+)
 
 # %% [markdown]
 # ## What DFL does to a distribution
@@ -94,9 +115,12 @@ fig = viz.plot_distributions({"Dirac (two-bin)": dirac, "Gaussian": gauss, "gene
 # L1 loss of the Integral alone: it reaches the right expectation too, but with whatever spread
 # it happens to have, because nothing asks it to concentrate.
 
+
 # %%
 def descend(loss_fn, steps, lr):
-    z = torch.zeros(1, reg_max + 1, dtype=torch.float64, requires_grad=True)
+    z = torch.zeros(
+        1, reg_max + 1, dtype=torch.float64, requires_grad=True
+    )
     snaps, curve = [], []
     keep = sorted({0, 5, 20, 60, steps // 2, steps})
     for s in range(steps + 1):
@@ -113,9 +137,14 @@ def descend(loss_fn, steps, lr):
             z.grad = None
     return snaps, curve
 
+
 t = torch.tensor([target], dtype=torch.float64)
-dfl_snaps, dfl_curve = descend(lambda z: distribution_focal_loss(z, t).sum(), steps, lr)
-l1_snaps, l1_curve = descend(lambda z: ((z.softmax(-1) * bins).sum() - t).abs().sum(), steps, lr)
+dfl_snaps, dfl_curve = descend(
+    lambda z: distribution_focal_loss(z, t).sum(), steps, lr
+)
+l1_snaps, l1_curve = descend(
+    lambda z: ((z.softmax(-1) * bins).sum() - t).abs().sum(), steps, lr
+)
 fig = viz.plot_dfl_trajectory(dfl_snaps, target, reg_max)
 fig.suptitle("gradient descent on DFL", y=1.04)
 fig = viz.plot_dfl_trajectory(l1_snaps, target, reg_max)
@@ -126,11 +155,19 @@ fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(dfl_curve, label="DFL")
 ax.plot(l1_curve, label="L1 on the Integral")
 ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
-ax.set(xlabel="step", ylabel="Integral (bins)", title="both reach the target expectation")
+ax.set(
+    xlabel="step",
+    ylabel="Integral (bins)",
+    title="both reach the target expectation",
+)
 ax.legend()
 final_dfl, final_l1 = dfl_snaps[-1][1], l1_snaps[-1][1]
 top2 = lambda p: float(np.sort(p)[-2:].sum())
-print(f"mass on the two nearest bins: DFL {top2(final_dfl):.3f}, L1-on-Integral {top2(final_l1):.3f}")
+print(
+    f"mass on the two nearest bins: DFL {top2(final_dfl):.3f}, "
+    "L1-on-Integral "
+    f"{top2(final_l1):.3f}"
+)
 
 # %% [markdown]
 # ## `reg_max` and the bin width
@@ -145,8 +182,13 @@ strides = np.array([8, 16, 32, 64, 128])
 fig, ax = plt.subplots(figsize=(7, 3.2))
 for r in (8, 16, 32):
     ax.plot(strides, strides * r, "o-", label=f"reg_max = {r}")
-ax.set(xscale="log", yscale="log", xlabel="stride (px) = bin width", ylabel="largest distance (px)",
-       title="reach of one side per FPN level")
+ax.set(
+    xscale="log",
+    yscale="log",
+    xlabel="stride (px) = bin width",
+    ylabel="largest distance (px)",
+    title="reach of one side per FPN level",
+)
 ax.set_xticks(strides, [str(s) for s in strides])
 ax.legend()
 
@@ -163,14 +205,24 @@ ax.legend()
 sigmas = np.linspace(0.3, 4, 30)
 dfl_vals, means = [], []
 for s in sigmas:
-    p = torch.tensor(normalise(np.exp(-0.5 * ((bins.numpy() - target) / s) ** 2)))
+    p = torch.tensor(
+        normalise(np.exp(-0.5 * ((bins.numpy() - target) / s) ** 2))
+    )
     z = p.log()[None]
     dfl_vals.append(float(distribution_focal_loss(z, t)))
     means.append(float(integral(z.repeat(1, 4), reg_max)[0, 0]))
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(sigmas, dfl_vals, label="DFL")
-ax.plot(sigmas, np.abs(np.array(means) - target), label="|Integral - target| (what GIoU sees)")
-ax.set(xlabel="spread of the distribution (bins)", ylabel="loss", title="same expectation, growing spread")
+ax.plot(
+    sigmas,
+    np.abs(np.array(means) - target),
+    label="|Integral - target| (what GIoU sees)",
+)
+ax.set(
+    xlabel="spread of the distribution (bins)",
+    ylabel="loss",
+    title="same expectation, growing spread",
+)
 ax.legend()
 
 # %% [markdown]
@@ -183,6 +235,13 @@ ax.legend()
 #   ambiguity we know.
 
 # %% tags=["remove-cell"]
-nb.record(chapter="dfl", reg_max=reg_max, target=target, steps=steps,
-          dfl_final_integral=dfl_curve[-1], l1_final_integral=l1_curve[-1],
-          dfl_top2_mass=top2(final_dfl), l1_top2_mass=top2(final_l1))
+nb.record(
+    chapter="dfl",
+    reg_max=reg_max,
+    target=target,
+    steps=steps,
+    dfl_final_integral=dfl_curve[-1],
+    l1_final_integral=l1_curve[-1],
+    dfl_top2_mass=top2(final_dfl),
+    l1_top2_mass=top2(final_l1),
+)

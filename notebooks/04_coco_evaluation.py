@@ -26,11 +26,15 @@
 # score a detector outputs is a good estimate of its box's IoU.
 
 # %% tags=["parameters"]
-checkpoint = "../runs/chapter3/latest.pth"  # a gflnb checkpoint, or an mmdetection model-zoo file
-config = ""  # a preset name; empty: the config stored in a gflnb checkpoint
+# a gflnb checkpoint, or an mmdetection model-zoo file
+checkpoint = "../runs/chapter3/latest.pth"
+config = (
+    ""  # a preset name; empty: the config stored in a gflnb checkpoint
+)
 ann = "../data/synth_v2/annotations/instances_val.json"
 images = "../data/synth_v2/val"
-seed_preset = "gfl_r50_fpn_1x_coco"  # the seed-table row to show beside the result
+# the seed-table row to show beside the result
+seed_preset = "gfl_r50_fpn_1x_coco"
 max_images = 0  # 0: all images
 score_thr = 0.05  # test-time score threshold (the reference's 0.05)
 batch_size = 8
@@ -41,12 +45,42 @@ results_file = "../runs/chapter4/results.json"
 from gflnb.chapters import nbtools as nb
 from gflnb.chapters.analysis import SEED_RESULTS
 
-nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
+nb.check(
+    "checkpoint",
+    checkpoint,
+    str,
+    lambda v: len(v) > 0,
+    "must name a checkpoint file",
+)
 nb.check("config", config, str)
-nb.check("seed_preset", seed_preset, str, lambda v: v in SEED_RESULTS, f"must be one of {', '.join(SEED_RESULTS)}")
-nb.check("max_images", max_images, int, lambda v: v >= 0, "must be 0 (all) or a positive integer")
-nb.check("batch_size", batch_size, int, nb.positive, "must be a positive integer")
-nb.check("score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
+nb.check(
+    "seed_preset",
+    seed_preset,
+    str,
+    lambda v: v in SEED_RESULTS,
+    f"must be one of {', '.join(SEED_RESULTS)}",
+)
+nb.check(
+    "max_images",
+    max_images,
+    int,
+    lambda v: v >= 0,
+    "must be 0 (all) or a positive integer",
+)
+nb.check(
+    "batch_size",
+    batch_size,
+    int,
+    nb.positive,
+    "must be a positive integer",
+)
+nb.check(
+    "score_thr",
+    score_thr,
+    float,
+    lambda v: 0 <= v < 1,
+    "must be in [0, 1)",
+)
 
 from pathlib import Path
 
@@ -57,25 +91,39 @@ import pandas as pd
 from gflnb.chapters import viz
 from gflnb.chapters.analysis import correlation, load_model
 from gflnb.data.coco import CocoDetection, ann_stats
-from gflnb.engine.evaluate import coco_eval, format_table, match_detections, predict_dataset
+from gflnb.engine.evaluate import (
+    coco_eval,
+    format_table,
+    match_detections,
+    predict_dataset,
+)
 from gflnb.engine.train import resolve_device
 
 viz.setup()
 dev = resolve_device(device)
-over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
+over = dict(
+    score_thr=score_thr,
+    **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}),
+)
 model = load_model(checkpoint, config or None, **over)
 ds = CocoDetection(ann, images, model.cfg, train=False)
 if max_images:
     ds.records = ds.records[:max_images]
-print(f"{model.cfg.name}: {checkpoint}\n{len(ds)} images, {ds.num_classes} classes from {ann}")
+print(
+    f"{model.cfg.name}: {checkpoint}\n{len(ds)} images, {ds.num_classes} "
+    f"classes from {ann}"
+)
 
 # %% [markdown]
 # ## The AP table
 
 # %%
-results = predict_dataset(model.to(dev), ds, dev, batch_size, progress=False)
+results = predict_dataset(
+    model.to(dev), ds, dev, batch_size, progress=False
+)
 Path(results_file).parent.mkdir(parents=True, exist_ok=True)
 import json
+
 Path(results_file).write_text(json.dumps(results))
 res = coco_eval(ds, results)
 print(format_table(res))
@@ -87,10 +135,21 @@ print(format_table(res))
 
 # %%
 seed = SEED_RESULTS[seed_preset]
-table = pd.DataFrame([{"run": f"this run ({model.cfg.name})", **{k: round(v, 1) for k, v in res.metrics.items()}},
-                      {"run": f"seed table: {seed_preset}", "AP": seed["box_ap"]}]).set_index("run")
+table = pd.DataFrame(
+    [
+        {
+            "run": f"this run ({model.cfg.name})",
+            **{k: round(v, 1) for k, v in res.metrics.items()},
+        },
+        {"run": f"seed table: {seed_preset}", "AP": seed["box_ap"]},
+    ]
+).set_index("run")
 display(table)
-fig = viz.plot_ap_comparison(res.metrics, {"AP": seed["box_ap"]}, f"{model.cfg.name} vs the seed's {seed_preset}")
+fig = viz.plot_ap_comparison(
+    res.metrics,
+    {"AP": seed["box_ap"]},
+    f"{model.cfg.name} vs the seed's {seed_preset}",
+)
 
 # %% [markdown]
 # ## Per-class AP and precision-recall curves
@@ -114,7 +173,10 @@ if res.precision is not None:
 m = match_detections(ds, results)
 calib = correlation(m["score"], m["iou"])
 fig = viz.plot_calibration(m["score"], m["iou"])
-print(f"Pearson r(score, IoU) = {calib['pearson']:.3f}, Spearman = {calib['spearman']:.3f} over {calib['n']} detections")
+print(
+    f"Pearson r(score, IoU) = {calib['pearson']:.3f}, Spearman = "
+    f"{calib['spearman']:.3f} over {calib['n']} detections"
+)
 
 # %% [markdown]
 # ## What we learned
@@ -127,13 +189,29 @@ from IPython.display import Markdown
 
 hi = m["score"] >= 0.3
 c_hi = correlation(m["score"][hi], m["iou"][hi])
-display(Markdown(
-    f"* Over all {calib['n']} detections, Pearson r(score, IoU) = {calib['pearson']:.2f} (Spearman "
-    f"{calib['spearman']:.2f}: the many low-score detections on background, IoU 0, dominate the ranks).\n"
-    f"* Among the {c_hi['n']} detections scoring at least 0.3, the ones NMS and AP care about, r = "
-    f"{c_hi['pearson']:.2f}: the higher the joint score, the tighter the box, which is what lets NMS keep the "
-    "right one of overlapping candidates."))
+display(
+    Markdown(
+        f"* Over all {calib['n']} detections, Pearson r(score, IoU) = "
+        f"{calib['pearson']:.2f} (Spearman "
+        f"{calib['spearman']:.2f}: the many low-score detections on "
+        "background, IoU 0, dominate the ranks).\n"
+        f"* Among the {c_hi['n']} detections scoring at least 0.3, the "
+        "ones "
+        "NMS and AP care about, r = "
+        f"{c_hi['pearson']:.2f}: the higher the joint score, the tighter "
+        "the "
+        "box, which is what lets NMS keep the "
+        "right one of overlapping candidates."
+    )
+)
 
 # %% tags=["remove-cell"]
-nb.record(chapter="evaluation", checkpoint=checkpoint, images=len(ds), detections=len(results), **res.metrics,
-          calibration_pearson=calib["pearson"], calibration_spearman=calib["spearman"])
+nb.record(
+    chapter="evaluation",
+    checkpoint=checkpoint,
+    images=len(ds),
+    detections=len(results),
+    **res.metrics,
+    calibration_pearson=calib["pearson"],
+    calibration_spearman=calib["spearman"],
+)

@@ -29,13 +29,18 @@
 
 # %% tags=["parameters"]
 checkpoint = "../runs/chapter3/latest.pth"
-config = ""  # a preset name for mmdetection checkpoints; empty: the one stored in the checkpoint
+# a preset name for mmdetection checkpoints; empty: the one stored in the
+# checkpoint
+config = ""
 ann = "../data/synth_v2/annotations/instances_val.json"
 images = "../data/synth_v2/val"
 max_images = 200  # images to analyse
-gallery_size = 6  # objects in the gallery: a third clear, a third blurred, a third occluded
+# objects in the gallery: a third clear, a third blurred, a third occluded
+gallery_size = 6
 score_thr = 0.05  # test-time score threshold
-iou_match = 0.5  # a gt is matched by its best detection of the same class with at least this IoU
+# a gt is matched by its best detection of the same class with at least
+# this IoU
+iou_match = 0.5
 n_boot = 2000  # bootstrap replicates of every interval
 explore_image = 0  # the image the explorer starts on
 device = "cpu"
@@ -43,13 +48,49 @@ device = "cpu"
 # %% tags=["hide-input"]
 from gflnb.chapters import nbtools as nb
 
-nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
-nb.check("max_images", max_images, int, nb.positive, "must be a positive integer")
-nb.check("gallery_size", gallery_size, int, lambda v: 1 <= v <= 24, "must be between 1 and 24")
-nb.check("score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
-nb.check("iou_match", iou_match, float, lambda v: 0 < v <= 1, "must be in (0, 1]")
+nb.check(
+    "checkpoint",
+    checkpoint,
+    str,
+    lambda v: len(v) > 0,
+    "must name a checkpoint file",
+)
+nb.check(
+    "max_images",
+    max_images,
+    int,
+    nb.positive,
+    "must be a positive integer",
+)
+nb.check(
+    "gallery_size",
+    gallery_size,
+    int,
+    lambda v: 1 <= v <= 24,
+    "must be between 1 and 24",
+)
+nb.check(
+    "score_thr",
+    score_thr,
+    float,
+    lambda v: 0 <= v < 1,
+    "must be in [0, 1)",
+)
+nb.check(
+    "iou_match",
+    iou_match,
+    float,
+    lambda v: 0 < v <= 1,
+    "must be in (0, 1]",
+)
 nb.check("n_boot", n_boot, int, lambda v: v >= 100, "must be at least 100")
-nb.check("explore_image", explore_image, int, lambda v: v >= 0, "must be a non-negative image index")
+nb.check(
+    "explore_image",
+    explore_image,
+    int,
+    lambda v: v >= 0,
+    "must be a non-negative image index",
+)
 
 import numpy as np
 import pandas as pd
@@ -62,14 +103,28 @@ from gflnb.data.coco import CocoDetection, ann_stats
 from gflnb.study.stats import fmt_interval
 
 viz.setup()
-over = dict(score_thr=score_thr, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
-model = load_model(checkpoint, config or None, **over).eval()  # its inference path is built once, for every figure below
+over = dict(
+    score_thr=score_thr,
+    **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}),
+)
+model = load_model(
+    checkpoint, config or None, **over
+).eval()  # its inference path is built once, for every figure below
 ds = CocoDetection(ann, images, model.cfg, train=False)
-edges = edge_table(model, ds, max_images=max_images, device=device, iou_match=iou_match)
+edges = edge_table(
+    model, ds, max_images=max_images, device=device, iou_match=iou_match
+)
 if edges.empty:
-    raise RuntimeError(f"no gt was matched by a detection (IoU >= {iou_match}); is the checkpoint trained?")
+    raise RuntimeError(
+        f"no gt was matched by a detection (IoU >= {iou_match}); is the "
+        "checkpoint trained?"
+    )
 has_truth = "kind" in edges
-print(f"{edges['ann_id'].nunique()} matched objects, {len(edges)} edges from {min(max_images, len(ds))} images")
+print(
+    f"{edges['ann_id'].nunique()} matched objects, {len(edges)} edges "
+    "from "
+    f"{min(max_images, len(ds))} images"
+)
 
 # %% [markdown]
 # ## Ambiguity at the scale of the bins
@@ -83,11 +138,18 @@ print(f"{edges['ann_id'].nunique()} matched objects, {len(edges)} edges from {mi
 # %%
 if has_truth:
     blurred = edges[edges["blur"] > 0]
-    counts = edges.groupby("kind", sort=False).agg(edges=("side", "size"), objects=("ann_id", "nunique"))
-    display(counts.reindex([k for k in spread.EDGE_KINDS if k in counts.index]))
+    counts = edges.groupby("kind", sort=False).agg(
+        edges=("side", "size"), objects=("ann_id", "nunique")
+    )
+    display(
+        counts.reindex([k for k in spread.EDGE_KINDS if k in counts.index])
+    )
     q = blurred["blur_bins"].quantile([0.1, 0.5, 0.9])
-    print(f"blur sigma on blurred edges, in bins: 10% {q[0.1]:.2f}, median {q[0.5]:.2f}, 90% {q[0.9]:.2f} "
-          f"(+-2 sigma spans {4 * q[0.5]:.1f} bins at the median)")
+    print(
+        f"blur sigma on blurred edges, in bins: 10% {q[0.1]:.2f}, median "
+        f"{q[0.5]:.2f}, 90% {q[0.9]:.2f}\n"
+        f"(+-2 sigma spans {4 * q[0.5]:.1f} bins at the median)"
+    )
 
 # %% [markdown]
 # ## Distributions drawn on the image
@@ -99,9 +161,19 @@ if has_truth:
 # the clear objects the model is surest of, and the most blurred and the most occluded ones.
 
 # %%
-picks = spread.pick_objects(edges, gallery_size)  # without recorded ambiguity (COCO): the sharpest and flattest
-items = [v for v in (object_view(model, ds, a, iou_match, device, title=f"object {a}: {kind}") for a, kind in picks)
-         if v is not None]
+picks = spread.pick_objects(
+    edges, gallery_size
+)  # without recorded ambiguity (COCO): the sharpest and flattest
+items = [
+    v
+    for v in (
+        object_view(
+            model, ds, a, iou_match, device, title=f"object {a}: {kind}"
+        )
+        for a, kind in picks
+    )
+    if v is not None
+]
 if items:
     fig = viz.plot_distribution_gallery(items)
 else:
@@ -114,8 +186,13 @@ else:
 # 95% intervals; the rule for "bimodal" is printed with the table.
 
 # %%
-print(f"bimodal: a second peak of at least {spread.BIMODAL_MIN_PEAK:.0%} of the highest,\n"
-      f"with a valley below {spread.BIMODAL_MAX_DIP:.0%} of the lower peak between them")
+print(
+    f"bimodal: a second peak of at least {spread.BIMODAL_MIN_PEAK:.0%} of "
+    "the "
+    "highest,\n"
+    f"with a valley below {spread.BIMODAL_MAX_DIP:.0%} of the lower peak "
+    "between them"
+)
 if has_truth:
     kinds = spread.by_kind(edges, n_boot=n_boot)
     display(spread.interval_table(kinds))
@@ -137,9 +214,19 @@ pairs = [("entropy", "abs_err_px"), ("std_px", "abs_err_px")]
 if has_truth:
     pairs = [("ambiguity", "entropy"), ("ambiguity", "std_bins")] + pairs
 corr = spread.correlations(edges, pairs, n_boot=n_boot)
-display(pd.DataFrame({"r": corr["r"].round(3).to_numpy(), "edges": corr["edges"].to_numpy(),
-                      "95% interval": [fmt_interval(a, b, 3) for a, b in zip(corr["lo"], corr["hi"])]},
-                     index=[f"r({x}, {y})" for x, y in zip(corr["x"], corr["y"])]))
+display(
+    pd.DataFrame(
+        {
+            "r": corr["r"].round(3).to_numpy(),
+            "edges": corr["edges"].to_numpy(),
+            "95% interval": [
+                fmt_interval(a, b, 3)
+                for a, b in zip(corr["lo"], corr["hi"])
+            ],
+        },
+        index=[f"r({x}, {y})" for x, y in zip(corr["x"], corr["y"])],
+    )
+)
 
 # %% [markdown]
 # ## Bimodal distributions
@@ -148,12 +235,36 @@ display(pd.DataFrame({"r": corr["r"].round(3).to_numpy(), "edges": corr["edges"]
 # ambiguous are red.
 
 # %%
-shown = edges[edges["bimodal"]].drop_duplicates("ann_id").sort_values("entropy", ascending=False).head(4)
-views = [v for v in (object_view(model, ds, int(a), iou_match, device) for a in shown["ann_id"]) if v is not None]
+shown = (
+    edges[edges["bimodal"]]
+    .drop_duplicates("ann_id")
+    .sort_values("entropy", ascending=False)
+    .head(4)
+)
+views = [
+    v
+    for v in (
+        object_view(model, ds, int(a), iou_match, device)
+        for a in shown["ann_id"]
+    )
+    if v is not None
+]
 if views:
-    fig = viz.plot_side_profiles(np.stack([v["dist"] for v in views]), [v["title"] for v in views],
-                                 np.array([v["ambiguity"] or [np.nan] * 4 for v in views], float) if has_truth else None)
-print(f"{int(edges['bimodal'].sum())} of {len(edges)} edges ({100 * edges['bimodal'].mean():.1f}%) are bimodal")
+    fig = viz.plot_side_profiles(
+        np.stack([v["dist"] for v in views]),
+        [v["title"] for v in views],
+        (
+            np.array(
+                [v["ambiguity"] or [np.nan] * 4 for v in views], float
+            )
+            if has_truth
+            else None
+        ),
+    )
+print(
+    f"{int(edges['bimodal'].sum())} of {len(edges)} edges "
+    f"({100 * edges['bimodal'].mean():.1f}%) are bimodal"
+)
 
 # %% [markdown]
 # ## Explore
@@ -166,8 +277,12 @@ print(f"{int(edges['bimodal'].sum())} of {len(edges)} edges ({100 * edges['bimod
 # the first image with a detection, drawn statically.
 
 # %% tags=["remove-output"]
-explorer = explore(model, ds, device=device, images=range(min(max_images, len(ds))))
-explorer.seek(min(explore_image, len(explorer.images) - 1))  # from there, the first image with a detection
+explorer = explore(
+    model, ds, device=device, images=range(min(max_images, len(ds)))
+)
+explorer.seek(
+    min(explore_image, len(explorer.images) - 1)
+)  # from there, the first image with a detection
 explorer
 
 # %% tags=["remove-input"]
@@ -186,10 +301,16 @@ found = spread.findings(edges, n_boot=n_boot)
 display(Markdown("\n".join(spread.describe_findings(found, kinds))))
 
 # %% tags=["remove-cell"]
-rec = dict(chapter="distributions", edges=len(edges), objects=int(edges["ann_id"].nunique()),
-           bimodal_share=float(edges["bimodal"].mean()))
+rec = dict(
+    chapter="distributions",
+    edges=len(edges),
+    objects=int(edges["ann_id"].nunique()),
+    bimodal_share=float(edges["bimodal"].mean()),
+)
 rec.update({f"r_{r.x}_{r.y}": r.r for r in corr.itertuples()})
-rec.update({f"verdict_{i}": f.verdict for i, f in enumerate(found.itertuples())})
+rec.update(
+    {f"verdict_{i}": f.verdict for i, f in enumerate(found.itertuples())}
+)
 if kinds is not None:
     rec.update({f"entropy_{k}": r.entropy for k, r in kinds.iterrows()})
 nb.record(**rec)

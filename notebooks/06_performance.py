@@ -26,9 +26,12 @@
 # arithmetic.
 
 # %% tags=["parameters"]
-results_json = "../benchmarks/results/results.json"  # a full run of benchmarks/run.py; run quick here when missing
-native_json = "../benchmarks/results/native/results.json"  # the same suite with GFLNB_NATIVE_ISA=1 (optional)
-quick = True  # when results_json is missing: the smoke version (512x512, few rounds)
+# a full run of benchmarks/run.py; run quick here when missing
+results_json = "../benchmarks/results/results.json"
+# the same suite with GFLNB_NATIVE_ISA=1 (optional)
+native_json = "../benchmarks/results/native/results.json"
+# when results_json is missing: the smoke version (512x512, few rounds)
+quick = True
 
 # %% tags=["hide-input"]
 from gflnb.chapters import nbtools as nb
@@ -55,8 +58,13 @@ if path.exists():
     source = f"loaded from {results_json}"
 else:
     res = run_suite(quick=quick, progress=lambda m: None)
-    source = "measured just now (quick suite)" if quick else "measured just now"
-print(f"{source}: {res['machine']}; attained rate {res['conv_gflops']:.0f} GFLOP/s")
+    source = (
+        "measured just now (quick suite)" if quick else "measured just now"
+    )
+print(
+    f"{source}:\n{res['machine']}\n"
+    f"attained rate {res['conv_gflops']:.0f} GFLOP/s"
+)
 
 # %% [markdown]
 # ## Inference against the peers and the floor
@@ -65,10 +73,21 @@ print(f"{source}: {res['machine']}; attained rate {res['conv_gflops']:.0f} GFLOP
 rows = []
 for shape, models in res["inference"].items():
     for name, r in models.items():
-        rows.append(dict(shape=shape, model=name, seconds=r["median_s"], x_floor=r["x_floor"], gflop=r["gflop"]))
+        rows.append(
+            dict(
+                shape=shape,
+                model=name,
+                seconds=r["median_s"],
+                x_floor=r["x_floor"],
+                gflop=r["gflop"],
+            )
+        )
 inf = pd.DataFrame(rows)
 fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
-for ax, col, title in ((axes[0], "seconds", "batch-1 latency (median)"), (axes[1], "x_floor", "latency / FLOP floor")):
+for ax, col, title in (
+    (axes[0], "seconds", "batch-1 latency (median)"),
+    (axes[1], "x_floor", "latency / FLOP floor"),
+):
     piv = inf.pivot(index="model", columns="shape", values=col)
     piv.plot.barh(ax=ax)
     ax.set(title=title, xlabel=col.replace("_", " "), ylabel="")
@@ -84,15 +103,32 @@ display(inf.round(3))
 # same interleaved rounds as the torch path (`GFL.predict`) and FCOS, with the same weights' shape.
 
 # %%
-onnx_rows = [dict(shape=shape, path=name, seconds=m[name]["median_s"], vs_fcos=m[name]["median_s"] / m["torchvision fcos"]["median_s"],
-                  x_floor=m[name]["x_floor"])
-             for shape, m in res["inference"].items() for name in ("gflnb", ONNX_ROW) if name in m]
+onnx_rows = [
+    dict(
+        shape=shape,
+        path=name,
+        seconds=m[name]["median_s"],
+        vs_fcos=m[name]["median_s"] / m["torchvision fcos"]["median_s"],
+        x_floor=m[name]["x_floor"],
+    )
+    for shape, m in res["inference"].items()
+    for name in ("gflnb", ONNX_ROW)
+    if name in m
+]
 if any(r["path"] == ONNX_ROW for r in onnx_rows):
-    display(pd.DataFrame(onnx_rows).rename(columns={"vs_fcos": "time / FCOS's", "x_floor": "x floor"}).round(3)
-            .set_index(["shape", "path"]))
+    display(
+        pd.DataFrame(onnx_rows)
+        .rename(columns={"vs_fcos": "time / FCOS's", "x_floor": "x floor"})
+        .round(3)
+        .set_index(["shape", "path"])
+    )
 else:
-    print(f"{source} has no onnxruntime row (the export extra was missing when it ran): "
-          "run .venv/bin/python benchmarks/run.py after make setup.")
+    print(
+        f"{source} has no onnxruntime row (the export extra was missing "
+        "when "
+        "it ran): "
+        "run .venv/bin/python benchmarks/run.py after make setup."
+    )
 
 # %% [markdown]
 # ## Assignment and losses as the problem grows
@@ -108,16 +144,36 @@ fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for mode, g in atss.groupby("mode"):
     axes[0].plot(g["n"], g["time_s"], "o-", label=mode)
     axes[1].plot(g["n"], g["extra_mb"], "o-", label=mode)
-axes[0].set(xscale="log", yscale="log", xlabel="gts per image", ylabel="seconds", title="ATSS time (22,400 anchors)")
-axes[1].set(xscale="log", xlabel="gts per image", ylabel="MB", title="ATSS extra peak memory")
+axes[0].set(
+    xscale="log",
+    yscale="log",
+    xlabel="gts per image",
+    ylabel="seconds",
+    title="ATSS time (22,400 anchors)",
+)
+axes[1].set(
+    xscale="log",
+    xlabel="gts per image",
+    ylabel="MB",
+    title="ATSS extra peak memory",
+)
 for ax in axes:
     ax.legend()
 
 # %%
-loss_rows = [dict(size=s, loss=k, seconds=v["median_s"]) for s, r in res["losses"].items() for k, v in r.items()]
+loss_rows = [
+    dict(size=s, loss=k, seconds=v["median_s"])
+    for s, r in res["losses"].items()
+    for k, v in r.items()
+]
 fig, ax = plt.subplots(figsize=(9, 3.6))
-pd.DataFrame(loss_rows).pivot(index="loss", columns="size", values="seconds").plot.bar(ax=ax, rot=0)
-ax.set(ylabel="seconds (forward + backward)", title="losses at 22,400 anchors x 80 classes per image")
+pd.DataFrame(loss_rows).pivot(
+    index="loss", columns="size", values="seconds"
+).plot.bar(ax=ax, rot=0)
+ax.set(
+    ylabel="seconds (forward + backward)",
+    title="losses at 22,400 anchors x 80 classes per image",
+)
 
 # %% [markdown]
 # ## The same suite with the CPU's own kernels
@@ -131,20 +187,43 @@ ax.set(ylabel="seconds (forward + backward)", title="losses at 22,400 anchors x 
 native_path = Path(native_json)
 if native_path.exists():
     nat = json.loads(native_path.read_text())
-    print(f"portable: {res['machine']}\nnative:   {nat['machine']}")
+    print(f"portable:\n{res['machine']}\nnative:\n{nat['machine']}")
     cmp_rows = []
     for shape, models in res["inference"].items():
         for name in ("gflnb", "torchvision fcos"):
             if name in models and name in nat["inference"].get(shape, {}):
-                a, b = models[name]["median_s"], nat["inference"][shape][name]["median_s"]
-                cmp_rows.append(dict(what=f"inference {shape}: {name}", portable_s=a, native_s=b, native_over_portable=b / a))
+                a, b = (
+                    models[name]["median_s"],
+                    nat["inference"][shape][name]["median_s"],
+                )
+                cmp_rows.append(
+                    dict(
+                        what=f"inference {shape}: {name}",
+                        portable_s=a,
+                        native_s=b,
+                        native_over_portable=b / a,
+                    )
+                )
     for name in ("gflnb", "torchvision fcos"):
         if name in res["train_step"] and name in nat["train_step"]:
-            a, b = res["train_step"][name]["median_s"], nat["train_step"][name]["median_s"]
-            cmp_rows.append(dict(what=f"training step: {name}", portable_s=a, native_s=b, native_over_portable=b / a))
+            a, b = (
+                res["train_step"][name]["median_s"],
+                nat["train_step"][name]["median_s"],
+            )
+            cmp_rows.append(
+                dict(
+                    what=f"training step: {name}",
+                    portable_s=a,
+                    native_s=b,
+                    native_over_portable=b / a,
+                )
+            )
     display(pd.DataFrame(cmp_rows).round(3))
 else:
-    print(f"no {native_json}: run GFLNB_NATIVE_ISA=1 .venv/bin/python benchmarks/run.py --out benchmarks/results/native")
+    print(
+        f"no {native_json}: run GFLNB_NATIVE_ISA=1 .venv/bin/python "
+        "benchmarks/run.py --out benchmarks/results/native"
+    )
 
 # %% [markdown]
 # ## The full table
@@ -154,5 +233,11 @@ display(Markdown(markdown(res)))
 
 # %% tags=["remove-cell"]
 g = res["inference"][next(iter(res["inference"]))]
-nb.record(chapter="performance", source=source, conv_gflops=res["conv_gflops"],
-          gflnb_vs_fcos=g["gflnb"]["median_s"] / g["torchvision fcos"]["median_s"], gflnb_x_floor=g["gflnb"]["x_floor"])
+nb.record(
+    chapter="performance",
+    source=source,
+    conv_gflops=res["conv_gflops"],
+    gflnb_vs_fcos=g["gflnb"]["median_s"]
+    / g["torchvision fcos"]["median_s"],
+    gflnb_x_floor=g["gflnb"]["x_floor"],
+)

@@ -35,14 +35,23 @@
 # score cannot.
 
 # %% tags=["parameters"]
-results_csv = "../experiments/ablations/v2_12epochs/results.csv"  # written by gflnb sweep
-grid = "../experiments/ablations/v2_12epochs/grid.yaml"  # variant names, labels and the shared run parameters
-records_dir = "../experiments/ablations/v2_12epochs/records"  # one JSON record per run (Fig. 2 summaries)
+# written by gflnb sweep
+results_csv = "../experiments/ablations/v2_12epochs/results.csv"
+# variant names, labels and the shared run parameters
+grid = "../experiments/ablations/v2_12epochs/grid.yaml"
+# one JSON record per run (Fig. 2 summaries)
+records_dir = "../experiments/ablations/v2_12epochs/records"
 
 # %% tags=["hide-input"]
 from gflnb.chapters import nbtools as nb
 
-nb.check("results_csv", results_csv, str, lambda v: len(v) > 0, "must name the sweep's results.csv")
+nb.check(
+    "results_csv",
+    results_csv,
+    str,
+    lambda v: len(v) > 0,
+    "must name the sweep's results.csv",
+)
 nb.check("grid", grid, str)
 nb.check("records_dir", records_dir, str)
 
@@ -59,19 +68,47 @@ try:
     df = ablation.read_results(results_csv)
 except FileNotFoundError as e:
     print(f"NOTE: {e}.\nThe chapter shows the paper's tables only.")
-    df = pd.DataFrame(columns=["variant", "seed", *ablation.AP_KEYS, "status", "error", "iterations"])
+    df = pd.DataFrame(
+        columns=[
+            "variant",
+            "seed",
+            *ablation.AP_KEYS,
+            "status",
+            "error",
+            "iterations",
+        ]
+    )
 g = ablation.read_grid(grid)
 if not g:
-    print(f"NOTE: no grid file at {grid}: variant labels come from the paper's row names.")
+    print(
+        f"NOTE: no grid file at {grid}: variant labels come from the "
+        "paper's "
+        "row names."
+    )
 records = ablation.read_records(records_dir)
 order = ablation.variant_order(df, g)
-labels = ablation.variant_labels(g, order + [v for t in paper.TABLES.values() for v in t["rows"] if v not in order])
+labels = ablation.variant_labels(
+    g,
+    order
+    + [
+        v
+        for t in paper.TABLES.values()
+        for v in t["rows"]
+        if v not in order
+    ],
+)
 ok = ablation.ok_rows(df)
 stats = ablation.variant_stats(df, order)
 info = ablation.run_info(df, g)
-print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} failed, {info['missing']} not run yet; "
-      f"{info['variants']} variants, seeds {info['seeds']}, iterations per run {info['iterations'] or '–'}; "
-      f"{len(records)} records")
+print(
+    f"{info['runs']} runs in {results_csv}: {info['ok']} ok, "
+    f"{info['failed']} "
+    f"failed, {info['missing']} not run yet; "
+    f"{info['variants']} variants, seeds {info['seeds']}, iterations per "
+    "run "
+    f"{info['iterations'] or '–'}; "
+    f"{len(records)} records"
+)
 
 # %% [markdown]
 # ## The runs
@@ -82,15 +119,34 @@ print(f"{info['runs']} runs in {results_csv}: {info['ok']} ok, {info['failed']} 
 
 # %% tags=["hide-input"]
 if len(stats) and len(df):
-    runs = pd.DataFrame({"variant": stats.index, "label": [labels[v] for v in stats.index],
-                         "ok seeds": stats["n"].to_numpy(), "failed": stats["failed"].to_numpy(),
-                         "not run yet": stats["missing"].to_numpy(),
-                         **{m: [ablation.fmt(s[f"{m}_mean"], s[f"{m}_std"], int(s["n"])) for _, s in stats.iterrows()]
-                            for m in ("AP", "AP50", "AP75")}}).set_index("variant")
+    runs = pd.DataFrame(
+        {
+            "variant": stats.index,
+            "label": [labels[v] for v in stats.index],
+            "ok seeds": stats["n"].to_numpy(),
+            "failed": stats["failed"].to_numpy(),
+            "not run yet": stats["missing"].to_numpy(),
+            **{
+                m: [
+                    ablation.fmt(
+                        s[f"{m}_mean"], s[f"{m}_std"], int(s["n"])
+                    )
+                    for _, s in stats.iterrows()
+                ]
+                for m in ("AP", "AP50", "AP75")
+            },
+        }
+    ).set_index("variant")
     display(runs)
-    bad = df[df["status"] == "failed"]  # rows not run yet are counted above, not listed as failures
+    bad = df[
+        df["status"] == "failed"
+    ]  # rows not run yet are counted above, not listed as failures
     if len(bad):
-        display(bad[["variant", "seed", "status", "error"]].set_index(["variant", "seed"]))
+        display(
+            bad[["variant", "seed", "status", "error"]].set_index(
+                ["variant", "seed"]
+            )
+        )
 else:
     print("No runs to show.")
 
@@ -103,7 +159,11 @@ else:
 
 # %% tags=["hide-input"]
 for tid, t in paper.TABLES.items():
-    display(Markdown(f"**{t['title']}**" + (f" {t['note']}" if t["note"] else "")))
+    display(
+        Markdown(
+            f"**{t['title']}**" + (f" {t['note']}" if t["note"] else "")
+        )
+    )
     display(ablation.side_by_side(tid, stats))
 
 # %% [markdown]
@@ -138,27 +198,80 @@ pooled = ablation.pool_background(records)
 bg = ablation.background_table(records)
 if pooled:
     fig = viz.plot_background(pooled, labels)
-    summary = bg.groupby("variant")[["background", "positive", "pos_median_score", "bg_outrank_frac",
-                                      "ranking_auc", "bg_score_q99", "bg_quality_q99",
-                                      "bg_lowcls_highq_frac"]].mean()
+    summary = bg.groupby("variant")[
+        [
+            "background",
+            "positive",
+            "pos_median_score",
+            "bg_outrank_frac",
+            "ranking_auc",
+            "bg_score_q99",
+            "bg_quality_q99",
+            "bg_lowcls_highq_frac",
+        ]
+    ].mean()
     summary.insert(0, "seeds", bg.groupby("variant").size())
-    display(summary.rename(columns={"bg_outrank_frac": "bg above pos. median", "ranking_auc": "P(pos > bg)",
-                                    "bg_score_q99": "bg score q99", "bg_quality_q99": "bg quality q99",
-                                    "bg_lowcls_highq_frac": "bg cls<0.1, q>0.5"}).round(4))
-    print("P(pos > bg): the probability that a random positive-like anchor outscores a random background one.")
-    joint = next((v for v in ablation.FIG2_JOINT if v in pooled), ablation.FIG2_JOINT[0])
+    display(
+        summary.rename(
+            columns={
+                "bg_outrank_frac": "bg above pos. median",
+                "ranking_auc": "P(pos > bg)",
+                "bg_score_q99": "bg score q99",
+                "bg_quality_q99": "bg quality q99",
+                "bg_lowcls_highq_frac": "bg cls<0.1, q>0.5",
+            }
+        ).round(4)
+    )
+    print(
+        "P(pos > bg): the probability that a random positive-like anchor "
+        "outscores a random background one."
+    )
+    joint = next(
+        (v for v in ablation.FIG2_JOINT if v in pooled),
+        ablation.FIG2_JOINT[0],
+    )
     fig2 = ablation.fig2_compare(bg, joint)
     if len(fig2):
-        display(fig2.assign(**{"separate − joint (points)": fig2["diff"].round(3),
-                               "95% interval": [fmt_interval(a, b, 3, signed=True) if np.isfinite(a) else "–"
-                                                for a, b in zip(fig2["lo"], fig2["hi"])],
-                               "seeds": [f"{a}/{b}" for a, b in zip(fig2["n_better"], fig2["n_worse"])]})
-                [["variant", "joint", "separate_pct", "joint_pct", "separate − joint (points)", "95% interval",
-                  "seeds", "verdict"]].rename(columns={"separate_pct": "separate (%)", "joint_pct": "joint (%)"})
-                .set_index("variant"))
+        display(
+            fig2.assign(
+                **{
+                    "Δ (points)": fig2["diff"].round(3),
+                    "95% interval": [
+                        fmt_interval(a, b, 3, signed=True)
+                        if np.isfinite(a)
+                        else "–"
+                        for a, b in zip(fig2["lo"], fig2["hi"])
+                    ],
+                    "seeds": [
+                        f"{a}/{b}"
+                        for a, b in zip(fig2["n_better"], fig2["n_worse"])
+                    ],
+                }
+            )[
+                [
+                    "variant",
+                    "separate_pct",
+                    "joint_pct",
+                    "Δ (points)",
+                    "95% interval",
+                    "seeds",
+                    "verdict",
+                ]
+            ]
+            .rename(
+                columns={
+                    "separate_pct": "separate %",
+                    "joint_pct": f"{joint} %",
+                }
+            )
+            .set_index("variant")
+        )
 else:
-    print(f"No record in {records_dir} has a background summary (the sweep writes one for gfl, iou, "
-          "centerness and dgqp).")
+    print(
+        f"No record in {records_dir} has a background summary (the sweep "
+        "writes one for gfl, iou, "
+        "centerness and dgqp)."
+    )
 
 # %% [markdown]
 # ## Learning curves
@@ -172,9 +285,15 @@ else:
 # %% tags=["hide-input"]
 curves = ablation.learning_curves(records, df)
 if len(curves):
-    fig = viz.plot_learning_curves(ablation.curve_stats(curves), ablation.curve_panels(g), labels)
+    fig = viz.plot_learning_curves(
+        ablation.curve_stats(curves), ablation.curve_panels(g), labels
+    )
 else:
-    print("No record has validation APs per epoch (the grid's eval_every): no curves to draw.")
+    print(
+        "No record has validation APs per epoch (the grid's eval_every): "
+        "no "
+        "curves to draw."
+    )
 
 # %% [markdown]
 # ### How far 12 epochs are from a plateau
@@ -187,21 +306,60 @@ else:
 # %% tags=["hide-input"]
 schedule = ablation.schedule_gains(df, g, curves)
 if len(schedule) and np.isfinite(schedule["diff"]).any():
-    # few, short columns: the table fits the page without scrolling sideways
-    display(pd.DataFrame({
-        "longer schedule": [labels.get(v, v) for v in schedule["variant"]],
-        "AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["AP"], schedule["epochs"])],
-        "base AP": [f"{a:.2f} at {e}" if np.isfinite(a) else "–" for a, e in zip(schedule["base_AP"], schedule["base_epochs"])],
-        "Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in schedule["diff"]],
-        "95% interval": [fmt_interval(a, b, signed=True) if np.isfinite(a) else "–"
-                         for a, b in zip(schedule["lo"], schedule["hi"])],
-        "reading": schedule["reading"].map(ablation.SCHEDULE_READINGS).to_numpy(),
-        "seeds": [f"{a}/{b}" for a, b in zip(schedule["n_better"], schedule["n_worse"])],
-        "last interval": [f"{x:+.2f} ({int(e)}→{n})" if np.isfinite(x) else "–"
-                          for x, e, n in zip(schedule["last_gain"], schedule["last_from"], schedule["epochs"])],
-    }).set_index("longer schedule"))
+    # few, short columns: the table fits the page without scrolling
+    # sideways
+    display(
+        pd.DataFrame(
+            {
+                "longer schedule": [
+                    labels.get(v, v) for v in schedule["variant"]
+                ],
+                "AP": [
+                    f"{a:.2f} at {e}" if np.isfinite(a) else "–"
+                    for a, e in zip(schedule["AP"], schedule["epochs"])
+                ],
+                "base AP": [
+                    f"{a:.2f} at {e}" if np.isfinite(a) else "–"
+                    for a, e in zip(
+                        schedule["base_AP"], schedule["base_epochs"]
+                    )
+                ],
+                "Δ AP": [
+                    f"{d:+.2f}" if np.isfinite(d) else "–"
+                    for d in schedule["diff"]
+                ],
+                "95% interval": [
+                    fmt_interval(a, b, signed=True)
+                    if np.isfinite(a)
+                    else "–"
+                    for a, b in zip(schedule["lo"], schedule["hi"])
+                ],
+                "reading": schedule["reading"]
+                .map(ablation.SCHEDULE_READINGS)
+                .to_numpy(),
+                "seeds": [
+                    f"{a}/{b}"
+                    for a, b in zip(
+                        schedule["n_better"], schedule["n_worse"]
+                    )
+                ],
+                "last interval": [
+                    f"{x:+.2f} ({int(e)}→{n})" if np.isfinite(x) else "–"
+                    for x, e, n in zip(
+                        schedule["last_gain"],
+                        schedule["last_from"],
+                        schedule["epochs"],
+                    )
+                ],
+            }
+        ).set_index("longer schedule")
+    )
 else:
-    print("The longer schedules have not run yet (or their 12-epoch bases have not).")
+    print(
+        "The longer schedules have not run yet (or their 12-epoch bases "
+        "have "
+        "not)."
+    )
 
 # %% [markdown]
 # ## The paper's claims
@@ -210,8 +368,9 @@ else:
 # in AP, so a positive number is the paper's direction. With $n_a, n_b$ seeds and sample variances
 # $s_a^2, s_b^2$, the interval is Welch's,
 #
-# $$\Delta \pm t_{\nu}(0.975)\,\sqrt{s_a^2/n_a + s_b^2/n_b}, \qquad
-# \nu = \frac{(s_a^2/n_a + s_b^2/n_b)^2}{(s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)},$$
+# $$\Delta \pm t_{\nu}(0.975)\,\sqrt{s_a^2/n_a + s_b^2/n_b},$$
+#
+# $$\nu = \frac{(s_a^2/n_a + s_b^2/n_b)^2}{(s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)},$$
 #
 # and a claim holds (or is reversed) when its 95% interval excludes 0 on the paper's side (or the
 # other). Holm's column applies the same test with the family-wise error over all claims kept at 5%.
@@ -220,18 +379,46 @@ else:
 # %% tags=["hide-input"]
 claims = ablation.claim_table(df)
 counts = ablation.verdict_counts(claims)
-show = claims.assign(**{"paper Δ AP": claims["paper_diff"],
-                        "here Δ AP": [f"{d:+.2f}" if np.isfinite(d) else "–" for d in claims["diff"]],
-                        "95% interval": [fmt_interval(a, b, signed=True) if np.isfinite(a) else "–"
-                                         for a, b in zip(claims["lo"], claims["hi"])],
-                        "n (better/worse)": [f"{a}/{b}" for a, b in zip(claims["n_better"], claims["n_worse"])],
-                        "Holm": claims["holm_verdict"]})
-# the verdicts next to the numbers they follow from, so the page shows them without scrolling sideways
-display(show[["claim", "table", "paper Δ AP", "here Δ AP", "95% interval", "verdict", "Holm", "n (better/worse)",
-              "better", "worse", "why"]].set_index("claim"))
+show = claims.assign(
+    **{
+        "paper Δ AP": claims["paper_diff"],
+        "here Δ AP": [
+            f"{d:+.2f}" if np.isfinite(d) else "–" for d in claims["diff"]
+        ],
+        "95% interval": [
+            fmt_interval(a, b, signed=True) if np.isfinite(a) else "–"
+            for a, b in zip(claims["lo"], claims["hi"])
+        ],
+        "n (better/worse)": [
+            f"{a}/{b}"
+            for a, b in zip(claims["n_better"], claims["n_worse"])
+        ],
+        "Holm": claims["holm_verdict"],
+    }
+)
+# the verdicts next to the numbers they follow from, so the page shows them
+# without scrolling sideways
+display(
+    show[
+        [
+            "claim",
+            "table",
+            "paper Δ AP",
+            "here Δ AP",
+            "95% interval",
+            "verdict",
+            "Holm",
+            "n (better/worse)",
+        ]
+    ].set_index("claim")
+)
 fig = viz.plot_claims(claims, ablation.CONFIDENCE)
-print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {counts['not_resolved']} "
-      f"of {len(claims)} claims")
+print(
+    f"holds {counts['holds']}, reversed {counts['reversed']}, not "
+    "resolved "
+    f"{counts['not_resolved']} "
+    f"of {len(claims)} claims"
+)
 
 # %% [markdown]
 # ## What we learned
@@ -240,10 +427,36 @@ print(f"holds {counts['holds']}, reversed {counts['reversed']}, not resolved {co
 
 # %% tags=["hide-input"]
 by_epoch = ablation.claims_by_epoch(curves)
-display(Markdown("\n".join(ablation.learned(claims, info, pooled, labels, ok, records, by_epoch, schedule))))
+display(
+    Markdown(
+        "\n".join(
+            ablation.learned(
+                claims,
+                info,
+                pooled,
+                labels,
+                ok,
+                records,
+                by_epoch,
+                schedule,
+            )
+        )
+    )
+)
 
 # %% tags=["remove-cell"]
-nb.record(chapter="ablations", runs=info["runs"], ok_runs=info["ok"], failed_runs=info["failed"], missing_runs=info["missing"],
-          variants=info["variants"], seeds=len(info["seeds"]), iterations=info["iterations"],
-          claims=len(claims), holds=counts["holds"], reversed=counts["reversed"],
-          not_resolved=counts["not_resolved"], background_variants=sorted(pooled))
+nb.record(
+    chapter="ablations",
+    runs=info["runs"],
+    ok_runs=info["ok"],
+    failed_runs=info["failed"],
+    missing_runs=info["missing"],
+    variants=info["variants"],
+    seeds=len(info["seeds"]),
+    iterations=info["iterations"],
+    claims=len(claims),
+    holds=counts["holds"],
+    reversed=counts["reversed"],
+    not_resolved=counts["not_resolved"],
+    background_variants=sorted(pooled),
+)

@@ -27,8 +27,11 @@
 # `ann` / `images` the val2017 annotation file and image folder.
 
 # %% tags=["parameters"]
-checkpoint = "../runs/chapter3/latest.pth"  # `make book` (chapter 3) writes this one
-config = ""  # a preset name for mmdetection checkpoints; empty: the one stored in the checkpoint
+# `make book` (chapter 3) writes this one
+checkpoint = "../runs/chapter3/latest.pth"
+# a preset name for mmdetection checkpoints; empty: the one stored in the
+# checkpoint
+config = ""
 ann = "../data/synth_v2/annotations/instances_val.json"
 images = "../data/synth_v2/val"
 score_thr = 0.3  # the slider's starting value
@@ -37,14 +40,30 @@ device = "cpu"
 # %%
 from gflnb.chapters import nbtools as nb
 
-nb.check("checkpoint", checkpoint, str, lambda v: len(v) > 0, "must name a checkpoint file")
-nb.check("score_thr", score_thr, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
+nb.check(
+    "checkpoint",
+    checkpoint,
+    str,
+    lambda v: len(v) > 0,
+    "must name a checkpoint file",
+)
+nb.check(
+    "score_thr",
+    score_thr,
+    float,
+    lambda v: 0 <= v < 1,
+    "must be in [0, 1)",
+)
 
 from gflnb import explore
 from gflnb.chapters.analysis import load_model
 from gflnb.data.coco import CocoDetection, ann_stats
 
-model = load_model(checkpoint, config or None, **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}))
+model = load_model(
+    checkpoint,
+    config or None,
+    **({"num_classes": ann_stats(ann)["num_classes"]} if config else {}),
+)
 ds = CocoDetection(ann, images, model.cfg, train=False)
 explorer = explore(model, ds, device=device, score_thr=score_thr)
 explorer.seek(0)  # the first image with a detection at the threshold

@@ -102,9 +102,9 @@ def markdown(table: pd.DataFrame, d: dict, n_val: int = 200, n_test: int = 2000)
     cols = {"variant": "variant", "seeds": "seeds", "val_AP": f"AP ({v})", "val_seed_sd": f"seed sd ({v})",
             "val_sampling_sd": f"sampling sd ({v})", "test_AP": f"AP ({t})", "test_seed_sd": f"seed sd ({t})",
             "test_sampling_sd": f"sampling sd ({t})", "dist_sd": "distribution sd"}
-    t = table[list(cols)].rename(columns=cols)
-    lines = ["| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-    for _, r in t.iterrows():
+    shown = table[list(cols)].rename(columns=cols)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for _, r in shown.iterrows():
         lines.append("| " + " | ".join(str(x) if isinstance(x, (str, int, np.integer)) else f"{x:.2f}"
                                        for x in r.values) + " |")
     lines.append("")
