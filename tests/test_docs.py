@@ -181,9 +181,14 @@ def test_shown_python_names_exist(page, code):
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             exec(compile(ast.Module([node], []), page, "exec"), ns)
+    # a value the snippet makes (det = gflnb.Detector(...)) is checked through the call that made it
+    bound = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             name = ast.unparse(node.func)
+            root = name.split(".")[0]
+            if root in bound:
+                continue
             assert callable(eval(name, ns)), f"{page}: {name} is not callable"
 
 
