@@ -217,3 +217,24 @@ def test_a_failed_points_error_is_the_line_that_says_why():
     assert failure_line(out) == "TrainingDiverged: non-finite loss_cls at iteration 353 (epoch 3)"
     assert failure_line("ok\nan error without a traceback\nlast") == "an error without a traceback"
     assert failure_line("just this") == "just this" and failure_line("") == ""
+
+
+def test_a_held_out_test_set_is_evaluated_once_and_kept_image_by_image(tmp_path):
+    """The plateau sweep's path: num_test images of their own, evaluated after the last epoch; the
+    record's test AP, the table's column and the committed per-image matches agree to the bit."""
+    from gflnb.study.imagewise import ImageMatches, ap
+    from gflnb.study.sweep import evals_path
+    grid = _grid(tmp_path, tmp_path / "t", {"gfl": {}})
+    g = yaml.safe_load(grid.read_text())
+    g["parameters"].update(num_test=6, test_seed=9)
+    grid.write_text(yaml.safe_dump(g, sort_keys=False))
+    assert main(["sweep", str(grid), "--no-progress"]) == 0
+    gr = load_grid(grid)
+    p = gr.points[0]
+    assert "-p num_test 6 -p test_seed 9" in command(gr, p)
+    rec = json.loads((tmp_path / "t" / "records" / "gfl__s0.json").read_text())
+    assert rec["status"] == "ok" and rec["test_images"] == 6
+    m = ImageMatches.load(evals_path(gr, p))
+    assert len(m.img_ids) == 6 and ap(m) == rec["test_metrics"]["AP"]
+    assert _table(tmp_path / "t")[0]["test_AP"] == f"{rec['test_metrics']['AP']:.2f}"
+    assert rec["metrics"]["AP"] != rec["test_metrics"]["AP"] or m.gt_count.sum() != 4  # another set
