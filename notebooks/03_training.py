@@ -137,17 +137,17 @@ from gflnb.config import get_config
 from gflnb.data.coco import CocoDetection, ann_stats
 from gflnb.numerics.machine import describe, machine_info
 from gflnb.data.preprocess import load_image
-from gflnb.data.synth import dataset_paths, ensure_dataset, synth_root, test_set_root
+from gflnb.data.synth import (
+    dataset_paths,
+    ensure_dataset,
+    synth_root,
+    test_set_root,
+)
 from gflnb.engine.train import TrainOptions, train
 
 viz.setup()
 if not train_ann:
-<<<<<<< HEAD
     data_root = synth_root(data_version, data_root)
-    ensure_dataset(data_root, num_train, num_val, seed=data_seed, progress=False, version=data_version)
-    train_ann, train_images = (str(p) for p in dataset_paths(data_root, "train"))
-=======
-    data_root = data_root or f"../data/synth_v{data_version}"
     ensure_dataset(
         data_root,
         num_train,
@@ -159,7 +159,6 @@ if not train_ann:
     train_ann, train_images = (
         str(p) for p in dataset_paths(data_root, "train")
     )
->>>>>>> h2
     val_ann, val_images = (str(p) for p in dataset_paths(data_root, "val"))
 if num_test and not test_ann:
     test_root = test_set_root(data_version, num_test, test_seed)
