@@ -202,25 +202,25 @@ if pooled:
         [
             "background",
             "positive",
-            "pos_median_score",
             "bg_outrank_frac",
             "ranking_auc",
-            "bg_score_q99",
             "bg_quality_q99",
             "bg_lowcls_highq_frac",
         ]
     ].mean()
+    # anchors per run, averaged over seeds: whole anchors on the page
+    counts = ["background", "positive"]
+    summary[counts] = summary[counts].round().astype(int)
     summary.insert(0, "seeds", bg.groupby("variant").size())
     display(
         summary.rename(
             columns={
-                "bg_outrank_frac": "bg above pos. median",
+                "bg_outrank_frac": "bg > pos. median",
                 "ranking_auc": "P(pos > bg)",
-                "bg_score_q99": "bg score q99",
                 "bg_quality_q99": "bg quality q99",
-                "bg_lowcls_highq_frac": "bg cls<0.1, q>0.5",
+                "bg_lowcls_highq_frac": "bg cls<.1, q>.5",
             }
-        ).round(4)
+        ).round(3)
     )
     print(
         "P(pos > bg): the probability that a random positive-like anchor "
