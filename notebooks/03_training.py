@@ -140,8 +140,8 @@ from gflnb.data.preprocess import load_image
 from gflnb.data.synth import (
     dataset_paths,
     ensure_dataset,
+    ensure_test_set,
     synth_root,
-    test_set_root,
 )
 from gflnb.engine.train import TrainOptions, train
 
@@ -161,17 +161,8 @@ if not train_ann:
     )
     val_ann, val_images = (str(p) for p in dataset_paths(data_root, "val"))
 if num_test and not test_ann:
-    test_root = test_set_root(data_version, num_test, test_seed)
-    ensure_dataset(
-        test_root,
-        0,
-        num_test,
-        seed=test_seed,
-        progress=False,
-        version=data_version,
-    )
     test_ann, test_images = (
-        str(p) for p in dataset_paths(test_root, "val")
+        str(p) for p in ensure_test_set(data_version, num_test, test_seed)
     )
 stats = ann_stats(train_ann)
 print(

@@ -322,8 +322,20 @@ def synth_root(version: int = LATEST_VERSION, data_root: Optional[str] = None) -
     return data_root or f"../data/synth_v{version}"
 
 
+TEST_SEED = 7  # chapter 3's default test_seed: images neither its training nor its validation set shows
+
+
 def test_set_root(version: int, num: int, seed: int) -> str:
     """Where chapter 3 keeps a held-out test set of ``num`` images drawn with ``seed`` (relative to
     ``notebooks/``, like its ``data_root``): a set of its own, never the training set's val split, so
     that its images are new whatever seed the training set used. Its images are its ``val`` split."""
     return f"../data/synth_v{version}_test{num}_s{seed}"
+
+
+def ensure_test_set(version: int, num: int, seed: int = TEST_SEED, base: str | Path = ".",
+                    progress: bool = False) -> tuple[Path, Path]:
+    """Generate (once) the held-out test set at :func:`test_set_root`, read from folder ``base``
+    (chapter 3's ``notebooks/``); returns its ``(annotation file, image dir)``."""
+    root = Path(base) / test_set_root(version, num, seed)
+    ensure_dataset(root, 0, num, seed=seed, progress=progress, version=version)
+    return dataset_paths(root, "val")

@@ -434,16 +434,15 @@ def run_sweep(grid_file: str | os.PathLike, jobs: Optional[int] = None, only: Op
     t0 = time.perf_counter()
     if todo and "data_root" in grid.parameters and not grid.parameters.get("train_ann"):
         # once, before the points start side by side: each would otherwise generate the same set
-        from ..data.synth import LATEST_VERSION, ensure_dataset, synth_root, test_set_root
+        from ..data.synth import LATEST_VERSION, TEST_SEED, ensure_dataset, ensure_test_set, synth_root
         par = grid.parameters
         version = par.get("data_version", LATEST_VERSION)
         ensure_dataset((grid.notebook.parent / synth_root(version, par["data_root"])).resolve(),
                        par.get("num_train", 1000), par.get("num_val", 200), seed=par.get("data_seed", 0),
                        progress=progress, version=version)
         if par.get("num_test") and not par.get("test_ann"):  # the held-out set, likewise once
-            ensure_dataset((grid.notebook.parent / test_set_root(version, par["num_test"], par.get("test_seed", 7)))
-                           .resolve(), 0, par["num_test"], seed=par.get("test_seed", 7), progress=progress,
-                           version=version)
+            ensure_test_set(version, par["num_test"], par.get("test_seed", TEST_SEED), grid.notebook.parent,
+                            progress)
     failed = 0
     lock = threading.Lock()
     bar = tqdm(total=len(points), initial=skipped, desc="sweep", unit="run", disable=not progress,
