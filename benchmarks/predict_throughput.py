@@ -7,7 +7,9 @@ resize/normalize/pad, the forward, decode, NMS and the per-side uncertainty), to
 Random weights (``pretrained_backbone=False``) with the class bias lifted to -1 (sigmoid 0.27), so
 that every level sends its full ``nms_pre`` candidates through the selection as a trained detector
 on a busy picture would; image reading and drawing are not timed. Batches of up to 8 images (all one
-size here, so they run together). One warm-up batch per row first.
+size here, so they run together). One warm-up batch per backend first; then ``--rounds`` rounds
+that alternate the backends (torch, onnxruntime, torch, ...), so that a disturbance of the two cores
+falls on both alike; the median round is printed, with onnxruntime's rate as a ratio of torch's.
 """
 from __future__ import annotations
 
@@ -37,9 +39,7 @@ def _model(config: str):
     return model.eval()
 
 
-def _rate(det: Detector, images: list[np.ndarray], batch: int) -> tuple[float, int]:
-    det.batch_size = batch
-    det.detect_bgr(images[:batch], ["warm-up"] * batch)
+def _rate(det: Detector, images: list[np.ndarray]) -> tuple[float, int]:
     t0 = time.perf_counter()
     out = det.detect_bgr(images, [f"<image {i}>" for i in range(len(images))])
     wall = time.perf_counter() - t0
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=16, help="images per row (demo)")
     p.add_argument("--r50-images", type=int, default=4, help="images per row for the R-50 preset")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per backend")
     p.add_argument("--no-onnx", action="store_true")
     a = p.parse_args(argv)
     print(f"machine: {describe()}", flush=True)
@@ -64,12 +65,24 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="gflnb-bench-")
         if not a.no_onnx:
             rows["onnxruntime"] = Detector(onnx=export_onnx(model, Path(tmp.name) / "m.onnx"))
+        batch = min(a.batch, n)
+        for det in rows.values():
+            det.batch_size = batch
+            det.detect_bgr(images[:batch], ["warm-up"] * batch)
         h, w = rows["torch"].detect_bgr(images[:1], ["size"])[0].image_size
-        for backend, det in rows.items():
-            rate, n_det = _rate(det, images, min(a.batch, n))
-            cfg = model.cfg
+        rates: dict[str, list[float]] = {b: [] for b in rows}
+        n_det = {}
+        for _ in range(a.rounds):
+            for backend, det in rows.items():
+                rate, n_det[backend] = _rate(det, images)
+                rates[backend].append(rate)
+        median = {b: float(np.median(r)) for b, r in rates.items()}
+        cfg = model.cfg
+        for backend in rows:
+            ratio = f", {median[backend] / median['torch']:.2f}x torch" if backend != "torch" else ""
             print(f"{config} ({cfg.img_scale[0]}x{cfg.img_scale[1]} scale) on {h}x{w} images, {backend}, batch "
-                  f"{min(a.batch, n)}: {rate:.2f} images/s ({n} images, {n_det} detections)", flush=True)
+                  f"{batch}: {median[backend]:.2f} images/s{ratio} (median of {a.rounds} rounds of {n} images: "
+                  f"{', '.join(f'{r:.2f}' for r in rates[backend])}; {n_det[backend]} detections)", flush=True)
         tmp.cleanup()
     return 0
 
