@@ -151,6 +151,12 @@ def bootstrap_weights(n_images: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot).astype(np.float64)
 
 
+def aps_on(m: ImageMatches, weights: np.ndarray) -> np.ndarray:
+    """``[B]`` APs of one run, one for each row of ``weights [B, I]`` (e.g. a bootstrap's resamples)."""
+    orders = _category_orders(m)
+    return np.array([ap(m, w, orders) for w in np.atleast_2d(weights)])
+
+
 def bootstrap_aps(runs: Sequence[ImageMatches], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """``[n_boot, len(runs)]`` APs of every run on the same ``n_boot`` resamples of the images."""
     if not runs:
@@ -160,8 +166,7 @@ def bootstrap_aps(runs: Sequence[ImageMatches], n_boot: int = 1000, seed: int = 
         if not np.array_equal(r.img_ids, ref) or not np.array_equal(r.cat_ids, runs[0].cat_ids):
             raise ValueError("a paired bootstrap needs every run evaluated on the same images and categories")
     W = bootstrap_weights(len(ref), n_boot, seed)
-    orders = [_category_orders(r) for r in runs]
-    return np.array([[ap(r, w, o) for r, o in zip(runs, orders)] for w in W])
+    return np.stack([aps_on(r, W) for r in runs], axis=1)
 
 
 def sampling_sd(run: ImageMatches, n_boot: int = 1000, seed: int = 0) -> float:

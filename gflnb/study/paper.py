@@ -233,6 +233,16 @@ CLAIMS: list[dict[str, Any]] = [
 ]
 
 
+# The paper's ties: two rows of one table with the same AP. They make no claim of order, but they do
+# say that the change does not matter, which an equivalence test (TOST) can check.
+TIES: list[dict[str, Any]] = [
+    dict(tie="n = 14 ties n = 16", table="2b", a="n14", b="gfl"),
+    dict(tie="bin interval 0.5 ties interval 1", table="2c", a="interval0.5", b="gfl"),
+    dict(tie="the Integral (GIoU only) ties the Gaussian", table="2a", a="centerness_integral",
+         b="centerness_gaussian"),
+]
+
+
 def paper_value(table: str, variant: str, metric: str = "AP") -> Optional[float]:
     """The paper's number for ``variant`` in ``table`` (None where it gives none)."""
     row = TABLES[table]["rows"].get(variant)
@@ -259,3 +269,5 @@ for _c in CLAIMS:  # every claim names rows that exist, in its table and in thos
     assert paper_diff(_c) is not None and paper_diff(_c) > 0, _c  # a tie or a reversal is no claim
 assert len({(_c["better"], _c["worse"]) for _c in CLAIMS}) == len(CLAIMS), "one claim per pair"
 assert set(DESIGN) == {v for _t in TABLES.values() for v in _t["rows"]}, "every row is a defined variant"
+for _t in TIES:  # a tie is two rows of one table with the same AP
+    assert paper_value(_t["table"], _t["a"]) == paper_value(_t["table"], _t["b"]) is not None, _t

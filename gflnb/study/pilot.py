@@ -28,19 +28,20 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .decide import BOOT_SEED, BOOTSTRAP_FILE, bootstrap, points
 from .imagewise import ImageMatches, match_images, sampling_sd
-from .sweep import evals_path, load_grid, record_path
+from .sweep import load_grid
 
 PILOT_VARIANTS = ("gfl", "beta1", "n14")  # the paper's GFL, its Dirac baseline, a head of another shape
 DELTA = 1.0  # AP: the difference the design must resolve
 
 
-def _val_matches(grid, p) -> Optional[ImageMatches]:
+def _val_matches(grid, point_id: str) -> Optional[ImageMatches]:
     """The point's validation detections matched image by image, while its run folder holds them."""
     from pycocotools.coco import COCO
 
     from ..data.synth import dataset_paths
-    det = grid.out / "runs" / p.id / "val_results.json"
+    det = grid.out / "runs" / point_id / "val_results.json"
     root = grid.parameters.get("data_root")
     if not det.exists() or not root:
         return None
@@ -53,24 +54,20 @@ def _val_matches(grid, p) -> Optional[ImageMatches]:
 def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS, n_boot: int = 1000,
                  seed: int = 0) -> pd.DataFrame:
     """One row per variant: seeds, mean and sd between seeds of the validation and test AP, the
-    sampling sd on each set and the distribution-level sd (all AP in %)."""
+    sampling sd on each set and the distribution-level sd (all AP in %). The test set's resamples are
+    the verdicts' own (:func:`gflnb.study.decide.bootstrap`, kept in the sweep's ``bootstrap.npz``
+    when ``seed`` is theirs)."""
     grid = load_grid(grid_file)
+    pts = points(grid)
+    pts = pts[pts["variant"].isin(variants)]
+    boot = bootstrap(pts, grid.out / BOOTSTRAP_FILE if seed == BOOT_SEED else None, n_boot, seed)
     rows = []
     for v in variants:
-        val, test, samp_test, samp_val = [], [], [], []
-        for p in grid.select([v]):
-            rp = record_path(grid, p)
-            if not rp.exists():
-                continue
-            rec = json.loads(rp.read_text())
-            if rec.get("status") != "ok" or "test_metrics" not in rec:
-                continue
-            val.append(rec["metrics"]["AP"])
-            test.append(rec["test_metrics"]["AP"])
-            samp_test.append(sampling_sd(ImageMatches.load(evals_path(grid, p)), n_boot, seed) ** 2)
-            vm = _val_matches(grid, p)
-            if vm is not None:
-                samp_val.append(sampling_sd(vm, n_boot, seed) ** 2)
+        own = pts[pts["variant"] == v]
+        val, test = own["val_AP"].tolist(), own["test_AP"].tolist()
+        samp_test = [float(boot[i].var(ddof=1)) for i in own["id"]]
+        samp_val = [sampling_sd(vm, n_boot, seed) ** 2 for vm in map(lambda i: _val_matches(grid, i), own["id"])
+                    if vm is not None]
         n = len(test)
         sd = lambda x: float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan  # noqa: E731
         s_val, s_test = sd(val), sd(test)

@@ -31,21 +31,27 @@ def _values(x: Sequence[float]) -> np.ndarray:
     return np.asarray([v for v in x if v is not None and np.isfinite(v)], np.float64)
 
 
-def welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, float]:
-    """``dict(diff, se, dof, lo, hi, p)`` of ``mean(a) - mean(b)`` (at least 2 values a side).
-
-    With no spread on either side (``se = 0``) the interval is the difference itself, and ``p`` is 0
-    where the means differ and 1 where they do not.
-    """
+def t_interval(diff: float, se: float, dof: float, confidence: float = CONFIDENCE) -> dict[str, float]:
+    """``dict(diff, se, dof, lo, hi, p)``: the ``confidence`` interval ``diff +- t_dof se`` and the
+    two-sided p of ``diff = 0``. With ``se = 0`` the interval is the difference itself, and ``p`` is 0
+    where it differs from 0 and 1 where it does not."""
     from scipy import stats
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff, se = float(a.mean() - b.mean()), math.sqrt(va + vb)
     if se == 0:
         return dict(diff=diff, se=0.0, dof=math.inf, lo=diff, hi=diff, p=0.0 if diff != 0 else 1.0)
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
     return dict(diff=diff, se=se, dof=float(dof), lo=diff - half, hi=diff + half,
                 p=float(2 * stats.t.sf(abs(diff) / se, dof)))
+
+
+def welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, float]:
+    """``dict(diff, se, dof, lo, hi, p)`` of ``mean(a) - mean(b)`` (at least 2 values a side), with the
+    Welch-Satterthwaite degrees of freedom (:func:`t_interval`)."""
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff, se = float(a.mean() - b.mean()), math.sqrt(va + vb)
+    if se == 0:
+        return t_interval(diff, 0.0, math.inf, confidence)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return t_interval(diff, se, dof, confidence)
 
 
 def holm(p: Sequence[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
@@ -62,32 +68,43 @@ def holm(p: Sequence[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
 
 def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 1 - CONFIDENCE) -> dict[str, float]:
     """Two one-sided Welch tests that ``mean(a) - mean(b)`` lies within ``(-margin, margin)``
-    (Schuirmann 1987): ``dict(diff, lo, hi, p, equivalent)``, where ``[lo, hi]`` is the
-    ``1 - 2 alpha`` interval, ``p`` the larger one-sided p, and ``equivalent`` is ``p < alpha``
-    (the same as the interval lying inside the margin)."""
-    from scipy import stats
+    (Schuirmann 1987): :func:`tost_se` with Welch's difference, standard error and degrees of freedom."""
     x, y = _values(a), _values(b)
     if len(x) < 2 or len(y) < 2:
         return dict(diff=math.nan, lo=math.nan, hi=math.nan, p=math.nan, equivalent=False, margin=margin)
-    w = welch(x, y, 1 - 2 * alpha)
-    if w["se"] == 0:
-        inside = abs(w["diff"]) < margin
-        return dict(diff=w["diff"], lo=w["lo"], hi=w["hi"], p=0.0 if inside else 1.0, equivalent=inside, margin=margin)
-    p_low = float(stats.t.sf((w["diff"] + margin) / w["se"], w["dof"]))  # H0: diff <= -margin
-    p_high = float(stats.t.cdf((w["diff"] - margin) / w["se"], w["dof"]))  # H0: diff >= +margin
+    w = welch(x, y)
+    return tost_se(w["diff"], w["se"], w["dof"], margin, alpha)
+
+
+def tost_se(diff: float, se: float, dof: float, margin: float, alpha: float = 1 - CONFIDENCE) -> dict[str, float]:
+    """TOST from a difference, its standard error and degrees of freedom: ``dict(diff, lo, hi, p,
+    equivalent, margin)``, where ``[lo, hi]`` is the ``1 - 2 alpha`` interval, ``p`` the larger
+    one-sided p, and ``equivalent`` is ``p < alpha`` (the same as the interval lying inside the margin)."""
+    from scipy import stats
+    w = t_interval(diff, se, dof, 1 - 2 * alpha)
+    if se == 0:
+        inside = abs(diff) < margin
+        return dict(diff=diff, lo=w["lo"], hi=w["hi"], p=0.0 if inside else 1.0, equivalent=inside, margin=margin)
+    p_low = float(stats.t.sf((diff + margin) / se, dof))  # H0: diff <= -margin
+    p_high = float(stats.t.cdf((diff - margin) / se, dof))  # H0: diff >= +margin
     p = max(p_low, p_high)
-    return dict(diff=w["diff"], lo=w["lo"], hi=w["hi"], p=p, equivalent=p < alpha, margin=margin)
+    return dict(diff=diff, lo=w["lo"], hi=w["hi"], p=p, equivalent=p < alpha, margin=margin)
 
 
-def power(delta: float, sd: float, n: int, alpha: float = 1 - CONFIDENCE) -> float:
+def power(delta: float, sd: float, n: int, alpha: float = 1 - CONFIDENCE, floor: float = 0.0) -> float:
     """The chance that a two-sided two-sample t test (``n`` seeds a side, equal spread ``sd``) at
     level ``alpha`` resolves a true difference ``delta``: the noncentral t with ``2n - 2`` degrees of
-    freedom and noncentrality ``delta / (sd sqrt(2/n))``."""
+    freedom and noncentrality ``delta / sqrt(2 sd^2 / n + floor^2)``.
+
+    ``floor`` is a part of the standard error that more seeds do not shrink: a claim's evaluation
+    part, the one test set every seed is measured on. With it the power stops rising at
+    ``delta / floor``, however many seeds are run."""
     from scipy import stats
     if n < 2:
         return 0.0
     dof = 2 * n - 2
-    ncp = abs(delta) / (sd * math.sqrt(2.0 / n)) if sd > 0 else math.inf
+    se = math.sqrt(2.0 * sd ** 2 / n + floor ** 2)
+    ncp = abs(delta) / se if se > 0 else math.inf
     crit = float(stats.t.ppf(1 - alpha / 2, dof))
     if math.isinf(ncp):
         return 1.0
@@ -98,13 +115,13 @@ def power(delta: float, sd: float, n: int, alpha: float = 1 - CONFIDENCE) -> flo
 
 
 def seeds_for_power(delta: float, sd: float, alpha: float = 1 - CONFIDENCE, target: float = POWER,
-                    max_seeds: int = 1000) -> Optional[int]:
+                    max_seeds: int = 1000, floor: float = 0.0) -> Optional[int]:
     """The fewest seeds a side at which :func:`power` reaches ``target`` (None beyond ``max_seeds``,
-    or with no spread measured)."""
-    if not math.isfinite(sd):
+    with no spread measured, or where the ``floor`` alone keeps it out of reach)."""
+    if not math.isfinite(sd) or not math.isfinite(floor):
         return None
     for n in range(2, max_seeds + 1):
-        if power(delta, sd, n, alpha) >= target:
+        if power(delta, sd, n, alpha, floor) >= target:
             return n
     return None
 
