@@ -135,3 +135,19 @@ def test_the_pilots_table_uses_the_verdicts_points_and_resamples(tmp_path):
     assert table.loc["beta1", "test_sampling_sd"] == pytest.approx(math.sqrt(np.mean(np.square(by_hand))), rel=1e-12)
     assert (tmp_path / "sweep" / decide.BOOTSTRAP_FILE).exists()  # the verdicts will reuse these resamples
     assert math.isnan(table.loc["gfl", "val_sampling_sd"])  # no run folders with validation detections here
+
+
+def test_the_evaluation_part_separates_what_the_seeds_already_carry():
+    """Bootstrap APs built as a variant's shared shift plus each model's own noise: the parts come
+    back as they were put in."""
+    rng = np.random.default_rng(0)
+    B, n = 20000, 4
+    c_a, c_b = rng.normal(0, 0.3, B), rng.normal(0, 0.3, B)  # what the images do to each variant
+    boot_a = c_a[:, None] + rng.normal(0, 0.5, (B, n))  # plus each model's own
+    boot_b = c_b[:, None] + rng.normal(0, 0.5, (B, n))
+    ev = decide.evaluation_parts(boot_a, boot_b)
+    assert ev["model"] == pytest.approx(math.sqrt(0.25 / n * 2), rel=0.03)
+    assert ev["shared"] == pytest.approx(math.sqrt(0.09 * 2), rel=0.03)
+    assert ev["total"] == pytest.approx(math.sqrt(0.09 * 2 + 0.25 / n * 2), rel=0.03)
+    same = decide.evaluation_parts(boot_a, c_a[:, None] + rng.normal(0, 0.5, (B, n)))  # one variant twice
+    assert same["shared"] < 0.05 < same["model"]

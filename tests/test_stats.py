@@ -37,7 +37,7 @@ def test_power_matches_the_textbook_sample_sizes():
     assert stats.seeds_for_power(1.0, 1.0, alpha=0.05 / 26) > 17
 
 
-def test_distribution_sd_subtracts_the_sampling_variance():
+def test_distribution_sd_subtracts_the_models_own_sampling_variance():
     assert stats.distribution_sd(1.39, 0.35) == pytest.approx(math.sqrt(1.39 ** 2 - 0.35 ** 2))
     assert stats.distribution_sd(1.27, 1.22) == pytest.approx(0.3529, abs=1e-4)
     assert stats.distribution_sd(0.3, 0.5) == 0.0  # less spread than sampling alone: floored

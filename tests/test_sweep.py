@@ -237,3 +237,42 @@ def test_a_held_out_test_set_is_evaluated_once_and_kept_image_by_image(tmp_path)
     m = ImageMatches.load(evals_path(gr, p))
     assert len(m.img_ids) == 6 and ap(m) == rec["test_metrics"]["AP"]
     assert _table(tmp_path / "t")[0]["test_AP"] == f"{rec['test_metrics']['AP']:.2f}"
+
+
+def test_the_final_test_reevaluates_kept_checkpoints_and_checks_them_against_the_records(tmp_path, capsys):
+    """A grid's final_test: each point's latest.pth on a larger set that begins with the training run's
+    test images; its AP on those equals the record's to the bit, --redo gives the same numbers, and a
+    record that disagrees fails the point with both numbers."""
+    from gflnb.study import decide, finaltest
+    grid = _grid(tmp_path, tmp_path / "t", {"gfl": {"score_thr": 0.0, "max_per_img": 20}})  # detections to compare
+    g = yaml.safe_load(grid.read_text())
+    g["parameters"].update(num_test=6, test_seed=9)
+    grid.write_text(yaml.safe_dump(g, sort_keys=False))
+    assert main(["sweep", str(grid), "--no-progress"]) == 0
+    rec_path = tmp_path / "t" / "records" / "gfl__s0.json"
+    rec = json.loads(rec_path.read_text())
+    g["final_test"] = dict(num=10, seed=9)
+    grid.write_text(yaml.safe_dump(g, sort_keys=False))
+    assert finaltest.main([str(grid), "--no-progress"]) == 0
+    fr = json.loads((tmp_path / "t" / "final" / "gfl__s0.json").read_text())
+    kept = json.loads((tmp_path / "t" / "runs" / "gfl__s0" / "test_results.json").read_text())
+    assert len(kept) > 0  # a model one epoch old finds nothing right (AP 0), but it does detect
+    assert fr["num_images"] == 10 and fr["check"] == dict(images=6, AP=rec["test_metrics"]["AP"],
+                                                           record_AP=rec["test_metrics"]["AP"],
+                                                           same_detections=len(kept))
+    pts = decide.points(load_grid(grid))
+    assert pts["test_AP"].tolist() == [fr["metrics"]["AP"]] and pts["test_images"].tolist() == [10]
+    assert finaltest.main([str(grid), "--no-progress"]) == 0 and "nothing pending" in capsys.readouterr().out
+    cmd = fr["command"]
+    assert cmd.startswith("OMP_NUM_THREADS=1 ") and "--points gfl__s0 --redo" in cmd
+    assert finaltest.main([str(grid), "--points", "gfl__s0", "--redo", "--no-progress"]) == 0
+    again = json.loads((tmp_path / "t" / "final" / "gfl__s0.json").read_text())
+    assert again["metrics"] == fr["metrics"]
+    kept[0]["score"] += 1e-9  # detections the checkpoint does not reproduce
+    (tmp_path / "t" / "runs" / "gfl__s0" / "test_results.json").write_text(json.dumps(kept))
+    assert finaltest.main([str(grid), "--points", "gfl__s0", "--redo", "--no-progress"]) == 1
+    assert f"gfl__s0: its {len(kept)} detections on the first 6 images are not the" in capsys.readouterr().err
+    rec["test_metrics"]["AP"] += 1e-9  # a record the checkpoint does not reproduce
+    rec_path.write_text(json.dumps(rec))
+    assert finaltest.main([str(grid), "--points", "gfl__s0", "--redo", "--no-progress"]) == 1
+    assert "gfl__s0: AP on the first 6 images is" in capsys.readouterr().err

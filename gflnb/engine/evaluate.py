@@ -42,15 +42,19 @@ def coco_result(image_id: int, category_id: int, box: Any, score: float) -> dict
 
 @torch.no_grad()
 def predict_dataset(model: nn.Module, ds: CocoDetection, device: torch.device | str = "cpu", batch_size: int = 8,
-                    progress: bool = True, fast: bool = True) -> list[dict]:
+                    progress: bool = True, fast: bool = True,
+                    batches: Optional[list[list[int]]] = None) -> list[dict]:
     """Detections of every image as COCO results: ``{image_id, category_id, bbox [x, y, w, h], score}``.
 
     ``fast`` runs the model's inference path (``GFL.inference_net``: BN folded, NHWC on CPU);
-    ``False`` runs the model as built. ``model`` is left in the mode it was in.
+    ``False`` runs the model as built. ``model`` is left in the mode it was in. Images run in
+    consecutive batches of ``batch_size``, or in the given ``batches`` of dataset indices: a batch is
+    padded to its largest image, and the padding reaches the detections' last bits.
     """
     was_training = model.training
     model.eval()
-    batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
+    if batches is None:
+        batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
     results = []
     for images, _, metas in tqdm(make_loader(ds, batches), total=len(batches), desc="evaluate", unit="batch",
                                  disable=not progress, leave=False):

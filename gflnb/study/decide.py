@@ -1,18 +1,21 @@
 """The plateau sweep's verdicts: each of the paper's claims decided from the seeds' AP on the
 held-out test set, with its uncertainty in two parts (Jordan, ICLR 2024).
 
-- **Training part**: Welch's standard error from the seeds' test AP, the test set held fixed.
-- **Evaluation part**: how the difference of the two variants' mean AP moves when only the test
-  images are resampled, the same images for every model of both (a paired bootstrap over images,
-  :func:`gflnb.study.imagewise.paired_difference`'s sd).
+- **Training part**: Welch's standard error from the seeds' test AP. Each seed's AP carries its
+  model's own sampling error on the test set, so this part holds that too.
+- **Evaluation part**: what the test set does to the difference beyond that. A paired bootstrap
+  over the test images (the same resampled images for every model of both variants) gives the sd
+  of the difference of mean AP; the part of it that is each model's own (each model's bootstrap
+  variance less its covariance with the other models of its variant) is taken out, as it is
+  already in the training part. What is left is how differently the test images treat the two
+  variants (:func:`evaluation_parts`), which no number of seeds shrinks.
 
 The claim's standard error is ``sqrt(se_train^2 + se_eval^2)``, with Satterthwaite's degrees of
-freedom counting the evaluation part as known. Each seed's test AP already carries its model's own
-sampling error, so the sum counts that part twice: the interval is conservative, never narrower
-than the two parts allow. A claim *holds* when the interval lies above 0 in the paper's direction,
-is *reversed* below it and is *not resolved* otherwise; Holm's step-down over the claims gives the
-headline, the unadjusted verdict stands beside it. The paper's ties (:data:`gflnb.study.paper.TIES`)
-are tested for equivalence within ``MARGIN`` (TOST), Holm over the ties.
+freedom counting the evaluation part as known. A claim *holds* when the interval lies above 0 in
+the paper's direction, is *reversed* below it and is *not resolved* otherwise; Holm's step-down over
+the claims gives the headline, the unadjusted verdict stands beside it. The paper's ties
+(:data:`gflnb.study.paper.TIES`) are tested for equivalence within ``MARGIN`` (TOST), Holm over
+the ties.
 
 The bootstrap APs of every point are computed once and kept, keyed by the SHA-256 of the point's
 ``evals/ID.npz``, in ``bootstrap.npz`` beside the sweep's records:
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..files import atomic_path
-from . import paper, stats
+from . import finaltest, paper, stats
 from .imagewise import ImageMatches, aps_on, bootstrap_weights
 from .sweep import Grid, evals_path, load_grid, record_path
 
@@ -43,8 +46,11 @@ BOOTSTRAP_FILE = "bootstrap.npz"
 
 
 def points(grid: Grid) -> pd.DataFrame:
-    """The grid's finished points: ``id, variant, seed, test_AP, val_AP`` and the path of their
-    image-by-image evaluation (``evals``), one row per ``ok`` record with a test AP."""
+    """The grid's finished points: ``id, variant, seed, test_AP, val_AP, test_images`` and the path of
+    their image-by-image evaluation (``evals``), one row per ``ok`` record with a test AP. Where the
+    grid names a ``final_test`` (:mod:`gflnb.study.finaltest`), the test AP and its evaluation are
+    the final set's, and a point without its final test yet is left out."""
+    final = finaltest.spec(grid)
     rows = []
     for p in grid.points:
         rp = record_path(grid, p)
@@ -53,9 +59,18 @@ def points(grid: Grid) -> pd.DataFrame:
         rec = json.loads(rp.read_text())
         if rec.get("status") != "ok" or "test_metrics" not in rec:
             continue
-        rows.append(dict(id=p.id, variant=p.variant, seed=p.seed, test_AP=float(rec["test_metrics"]["AP"]),
-                         val_AP=float(rec["metrics"]["AP"]), evals=evals_path(grid, p)))
-    return pd.DataFrame(rows, columns=["id", "variant", "seed", "test_AP", "val_AP", "evals"])
+        row = dict(id=p.id, variant=p.variant, seed=p.seed, val_AP=float(rec["metrics"]["AP"]))
+        if final is None:
+            row.update(test_AP=float(rec["test_metrics"]["AP"]), evals=evals_path(grid, p),
+                       test_images=int(grid.parameters.get("num_test", 0)))
+        else:
+            fr = finaltest.read(grid, p)
+            if fr is None:
+                continue
+            row.update(test_AP=float(fr["metrics"]["AP"]), evals=finaltest.final_evals_path(grid, p),
+                       test_images=int(fr["num_images"]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["id", "variant", "seed", "test_AP", "val_AP", "test_images", "evals"])
 
 
 def _sha(path: Path) -> str:
@@ -109,20 +124,44 @@ def _progress(it, total: int, show: bool):
     return tqdm(it, total=total, desc="bootstrap", unit="point")
 
 
+def own_sampling_var(boot: np.ndarray) -> float:
+    """The sampling variance that is a model's own, not its variant's, from the bootstrap APs
+    ``[B, n]`` of a variant's ``n`` models: the mean variance of one model's AP over the resamples
+    less the mean covariance of two of them (0 with one model, where the two cannot be told apart).
+    For accuracy this is Jordan's (ICLR 2024) ``mean_x p_x (1 - p_x) / n``."""
+    n = boot.shape[1]
+    if n < 2:
+        return 0.0
+    c = np.cov(boot, rowvar=False)  # [n, n]
+    return float(max(np.mean(np.diag(c)) - (c.sum() - np.trace(c)) / (n * (n - 1)), 0.0))
+
+
+def evaluation_parts(boot_better: np.ndarray, boot_worse: np.ndarray) -> dict[str, float]:
+    """How the test set moves a claim's difference of mean AP, from the bootstrap APs ``[B, n_better]``
+    and ``[B, n_worse]`` on the same resamples: ``total``, the sd of the difference over resamples;
+    ``model``, its part that is each model's own (already in the seeds' spread, and shrinking with
+    more seeds); ``shared``, the rest, ``sqrt(total^2 - model^2)`` floored at 0: how differently the
+    test images treat the two variants, which no number of seeds measures or shrinks."""
+    a, b = np.asarray(boot_better, np.float64), np.asarray(boot_worse, np.float64)
+    total = float((a.mean(1) - b.mean(1)).std(ddof=1))
+    model = math.sqrt(own_sampling_var(a) / a.shape[1] + own_sampling_var(b) / b.shape[1])
+    return dict(total=total, model=model, shared=math.sqrt(max(total ** 2 - model ** 2, 0.0)))
+
+
 def claim_interval(better: Sequence[float], worse: Sequence[float], boot_better: np.ndarray,
                    boot_worse: np.ndarray, confidence: float = stats.CONFIDENCE) -> dict[str, float]:
-    """``dict(diff, se_train, se_eval, se, dof, lo, hi, p)`` for ``mean(better) - mean(worse)``: the
-    seeds' test APs (at least 2 a side) and their bootstrap APs ``[B, n_better]``, ``[B, n_worse]``
-    on the same resamples (the module docstring gives the rule)."""
+    """``dict(diff, se_train, se_eval, se_eval_total, se, dof, lo, hi, p)`` for
+    ``mean(better) - mean(worse)``: the seeds' test APs (at least 2 a side) and their bootstrap APs
+    ``[B, n_better]``, ``[B, n_worse]`` on the same resamples. ``se_eval`` is the shared part of
+    :func:`evaluation_parts`; the module docstring gives the rule."""
     a, b = np.asarray(better, np.float64), np.asarray(worse, np.float64)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    d_boot = np.asarray(boot_better).mean(1) - np.asarray(boot_worse).mean(1)  # [B]
-    se_eval = float(d_boot.std(ddof=1))
-    se = math.sqrt(va + vb + se_eval ** 2)
+    ev = evaluation_parts(boot_better, boot_worse)
+    se = math.sqrt(va + vb + ev["shared"] ** 2)
     train_terms = va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)
     dof = se ** 4 / train_terms if train_terms > 0 else math.inf  # Satterthwaite, the bootstrap part known
     out = stats.t_interval(float(a.mean() - b.mean()), se, dof, confidence)
-    return dict(out, se_train=math.sqrt(va + vb), se_eval=se_eval)
+    return dict(out, se_train=math.sqrt(va + vb), se_eval=ev["shared"], se_eval_total=ev["total"])
 
 
 def _verdict(lo: float, hi: float) -> str:

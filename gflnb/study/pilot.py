@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .decide import BOOT_SEED, BOOTSTRAP_FILE, bootstrap, points
-from .imagewise import ImageMatches, match_images, sampling_sd
+from .decide import BOOT_SEED, BOOTSTRAP_FILE, bootstrap, evaluation_parts, own_sampling_var, points
+from .imagewise import ImageMatches, aps_on, bootstrap_weights, match_images
 from .sweep import load_grid
 
 PILOT_VARIANTS = ("gfl", "beta1", "n14")  # the paper's GFL, its Dirac baseline, a head of another shape
+PILOT_PAIRS = (("gfl", "beta1"), ("gfl", "n14"))  # the pilot's pairs: a claim's evaluation part, measured
 DELTA = 1.0  # AP: the difference the design must resolve
 
 
@@ -53,10 +54,12 @@ def _val_matches(grid, point_id: str) -> Optional[ImageMatches]:
 
 def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS, n_boot: int = 1000,
                  seed: int = 0) -> pd.DataFrame:
-    """One row per variant: seeds, mean and sd between seeds of the validation and test AP, the
-    sampling sd on each set and the distribution-level sd (all AP in %). The test set's resamples are
-    the verdicts' own (:func:`gflnb.study.decide.bootstrap`, kept in the sweep's ``bootstrap.npz``
-    when ``seed`` is theirs)."""
+    """One row per variant, on the validation set (``val_``) and the test set (``test_``): seeds, mean
+    AP, sd between seeds, one model's sampling sd (the bootstrap over images, root mean variance over
+    the seeds), the part of it that is each model's own (:func:`gflnb.study.decide.own_sampling_var`)
+    and the distribution-level sd (:func:`gflnb.study.stats.distribution_sd`), all AP in %. The test
+    set's resamples are the verdicts' own (:func:`gflnb.study.decide.bootstrap`, kept in the sweep's
+    ``bootstrap.npz`` when ``seed`` is theirs); the validation set's need each point's run folder."""
     grid = load_grid(grid_file)
     pts = points(grid)
     pts = pts[pts["variant"].isin(variants)]
@@ -64,53 +67,93 @@ def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS
     rows = []
     for v in variants:
         own = pts[pts["variant"] == v]
-        val, test = own["val_AP"].tolist(), own["test_AP"].tolist()
-        samp_test = [float(boot[i].var(ddof=1)) for i in own["id"]]
-        samp_val = [sampling_sd(vm, n_boot, seed) ** 2 for vm in map(lambda i: _val_matches(grid, i), own["id"])
-                    if vm is not None]
-        n = len(test)
-        sd = lambda x: float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan  # noqa: E731
-        s_val, s_test = sd(val), sd(test)
-        m_test = math.sqrt(np.mean(samp_test)) if samp_test else math.nan
-        m_val = math.sqrt(np.mean(samp_val)) if samp_val else math.nan
-        rows.append(dict(variant=v, seeds=n, val_AP=float(np.mean(val)) if n else math.nan, val_seed_sd=s_val,
-                         val_sampling_sd=m_val, test_AP=float(np.mean(test)) if n else math.nan, test_seed_sd=s_test,
-                         test_sampling_sd=m_test,
-                         dist_sd=stats.distribution_sd(s_test, m_test) if n >= 2 else math.nan,
-                         dist_sd_val=stats.distribution_sd(s_val, m_val) if n >= 2 and samp_val else math.nan))
+        r: dict = dict(variant=v, seeds=len(own))
+        val_matches = [m for m in (_val_matches(grid, i) for i in own["id"]) if m is not None]
+        val_boot = (np.stack([aps_on(m, bootstrap_weights(len(m.img_ids), n_boot, seed)) for m in val_matches], 1)
+                    if val_matches else None)
+        for part, values, b in (("val", own["val_AP"], val_boot), ("test", own["test_AP"], boot[list(own["id"])])):
+            n = len(values)
+            r[f"{part}_AP"] = float(values.mean()) if n else math.nan
+            r[f"{part}_seed_sd"] = float(values.std(ddof=1)) if n >= 2 else math.nan
+            b = None if b is None or not n else np.asarray(b)
+            r[f"{part}_sampling_sd"] = math.sqrt(float(np.mean(b.var(0, ddof=1)))) if b is not None else math.nan
+            r[f"{part}_own_sd"] = (math.sqrt(own_sampling_var(b)) if b is not None and b.shape[1] == n and n >= 2
+                                   else math.nan)
+            r[f"{part}_dist_sd"] = stats.distribution_sd(r[f"{part}_seed_sd"], r[f"{part}_own_sd"]) \
+                if np.isfinite(r[f"{part}_own_sd"]) else math.nan
+        rows.append(r)
     return pd.DataFrame(rows)
 
 
-def design(table: pd.DataFrame, claims: int, delta: float = DELTA, seeds: Sequence[int] = (5, 8, 10)) -> dict:
+def pair_table(grid_file: str | Path, pairs: Sequence[tuple[str, str]] = PILOT_PAIRS,
+               n_boot: int = 1000) -> pd.DataFrame:
+    """One row per pair of pilot variants: seeds a side, the difference of their mean test AP, and
+    how the test images move it (:func:`gflnb.study.decide.evaluation_parts`): in all, the part that
+    is each model's own, and the ``shared`` rest, the part of a claim's standard error that more
+    seeds do not shrink."""
+    grid = load_grid(grid_file)
+    pts = points(grid)
+    pts = pts[pts["variant"].isin({v for pair in pairs for v in pair})]
+    boot = bootstrap(pts, grid.out / BOOTSTRAP_FILE, n_boot, BOOT_SEED)
+    rows = []
+    for a, b in pairs:
+        ia, ib = list(pts.loc[pts["variant"] == a, "id"]), list(pts.loc[pts["variant"] == b, "id"])
+        ok = bool(ia) and bool(ib)
+        rows.append(dict(pair=f"{a} - {b}", seeds=f"{len(ia)} / {len(ib)}",
+                         diff=float(pts.loc[pts["variant"] == a, "test_AP"].mean()
+                                    - pts.loc[pts["variant"] == b, "test_AP"].mean()) if ok else math.nan,
+                         **(evaluation_parts(boot[ia].to_numpy(), boot[ib].to_numpy()) if ok else
+                            dict(total=math.nan, model=math.nan, shared=math.nan))))
+    return pd.DataFrame(rows)
+
+
+def design(table: pd.DataFrame, claims: int, delta: float = DELTA, seeds: Sequence[int] = (5, 8, 10),
+           floor: float = 0.0) -> dict:
     """Seeds a side for ``delta`` at 80% power from the largest test-set seed sd of the pilot, alone
     (alpha 0.05) and with the strictest of Holm's steps over ``claims`` (alpha 0.05 / claims), and the
-    difference that ``seeds`` resolve at each."""
+    difference that ``seeds`` resolve at each; ``seeds_holm_floor`` is the Holm figure once a claim's
+    evaluation part ``floor`` (which seeds do not shrink) is added to its standard error."""
     sd = float(table["test_seed_sd"].max())
     alpha = 1 - stats.CONFIDENCE
-    return dict(sd=sd, delta=delta, claims=claims,
+    return dict(sd=sd, delta=delta, claims=claims, floor=floor,
                 seeds_alone=stats.seeds_for_power(delta, sd, alpha),
                 seeds_holm=stats.seeds_for_power(delta, sd, alpha / claims),
+                seeds_holm_floor=stats.seeds_for_power(delta, sd, alpha / claims, floor=floor),
                 detectable={n: dict(alone=stats.detectable_difference(sd, n, alpha),
-                                    holm=stats.detectable_difference(sd, n, alpha / claims)) for n in seeds})
+                                    holm=stats.detectable_difference(sd, n, alpha / claims),
+                                    holm_floor=stats.detectable_difference(sd, n, alpha / claims, floor=floor))
+                            for n in seeds})
 
 
-def markdown(table: pd.DataFrame, d: dict, n_val: int = 200, n_test: int = 2000) -> str:
-    v, t = f"{n_val:,}", f"{n_test:,}"
-    cols = {"variant": "variant", "seeds": "seeds", "val_AP": f"AP ({v})", "val_seed_sd": f"seed sd ({v})",
-            "val_sampling_sd": f"sampling sd ({v})", "test_AP": f"AP ({t})", "test_seed_sd": f"seed sd ({t})",
-            "test_sampling_sd": f"sampling sd ({t})", "dist_sd": "distribution sd"}
-    shown = table[list(cols)].rename(columns=cols)
-    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    for _, r in shown.iterrows():
+def _md(frame: pd.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for _, r in frame.iterrows():
         lines.append("| " + " | ".join(str(x) if isinstance(x, (str, int, np.integer)) else f"{x:.2f}"
                                        for x in r.values) + " |")
+    return lines
+
+
+def markdown(table: pd.DataFrame, d: dict, n_val: int = 200, n_test: int = 2000,
+             pairs: Optional[pd.DataFrame] = None) -> str:
+    v, t = f"{n_val:,}", f"{n_test:,}"
+    lines = []
+    for part, size in (("val", v), ("test", t)):
+        cols = {"variant": "variant", "seeds": "seeds", f"{part}_AP": f"AP ({size})",
+                f"{part}_seed_sd": "seed sd", f"{part}_sampling_sd": "one model's sampling sd",
+                f"{part}_own_sd": "its own part", f"{part}_dist_sd": "distribution sd"}
+        lines += [f"On the {size} {'validation' if part == 'val' else 'test'} images:", ""]
+        lines += _md(table[list(cols)].rename(columns=cols)) + [""]
+    if pairs is not None and len(pairs):
+        lines += ["Pairs, on the test images:", ""] + _md(pairs.rename(columns={"diff": f"AP difference ({t})", "total": "evaluation sd",
+                                                  "model": "models' own part", "shared": "shared part"}))
     lines.append("")
     lines.append(f"Planning sd (the largest seed sd on {t} images): {d['sd']:.2f} AP. Seeds a side to resolve "
                  f"{d['delta']:.1f} AP with 80% power: {d['seeds_alone']} at alpha 0.05, {d['seeds_holm']} at "
-                 f"alpha 0.05/{d['claims']} (Holm's strictest step).")
+                 f"alpha 0.05/{d['claims']} (Holm's strictest step); {d['seeds_holm_floor']} there once the "
+                 f"largest shared evaluation part of a pair ({d['floor']:.2f} AP), which seeds do not shrink, is added.")
     for n, x in d["detectable"].items():
         lines.append(f"- {n} seeds a side resolve {x['alone']:.2f} AP alone, {x['holm']:.2f} AP under Holm's "
-                     f"strictest step (80% power)")
+                     f"strictest step, {x['holm_floor']:.2f} AP there with the shared part (80% power)")
     return "\n".join(lines)
 
 
@@ -122,8 +165,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the images")
     a = ap.parse_args(argv)
     table = spread_table(a.grid, a.variants, a.boot)
+    pairs = pair_table(a.grid, [pr for pr in PILOT_PAIRS if set(pr) <= set(a.variants)], a.boot)
+    floor = float(pairs["shared"].max()) if len(pairs) and pairs["shared"].notna().any() else 0.0
     par = load_grid(a.grid).parameters
-    print(markdown(table, design(table, len(paper.CLAIMS)), par.get("num_val", 200), par.get("num_test", 0)))
+    print(markdown(table, design(table, len(paper.CLAIMS), floor=floor), par.get("num_val", 200),
+                   par.get("num_test", 0), pairs))
 
 
 if __name__ == "__main__":

@@ -126,23 +126,31 @@ def seeds_for_power(delta: float, sd: float, alpha: float = 1 - CONFIDENCE, targ
     return None
 
 
-def detectable_difference(sd: float, n: int, alpha: float = 1 - CONFIDENCE, target: float = POWER) -> float:
-    """The smallest true difference that ``n`` seeds a side resolve with chance ``target``."""
+def detectable_difference(sd: float, n: int, alpha: float = 1 - CONFIDENCE, target: float = POWER,
+                          floor: float = 0.0) -> float:
+    """The smallest true difference that ``n`` seeds a side resolve with chance ``target`` (``floor``
+    as in :func:`power`)."""
     from scipy import optimize
-    if not math.isfinite(sd):
+    if not math.isfinite(sd) or not math.isfinite(floor):
         return math.nan
     if n < 2:
         return math.inf
-    if sd == 0:
+    if sd == 0 and floor == 0:
         return 0.0
     from scipy import stats
     crit = float(stats.t.ppf(1 - alpha / 2, 2 * n - 2))
-    top = (crit + 10) * sd * math.sqrt(2.0 / n)  # a noncentrality 10 past the critical value: power ~ 1
-    return float(optimize.brentq(lambda d: power(d, sd, n, alpha) - target, 1e-9, top))
+    top = (crit + 10) * math.sqrt(2.0 * sd ** 2 / n + floor ** 2)  # noncentrality 10 past the critical value
+    return float(optimize.brentq(lambda d: power(d, sd, n, alpha, floor) - target, 1e-9, top))
 
 
-def distribution_sd(seed_sd: float, sampling_sd: float) -> float:
+def distribution_sd(seed_sd: float, own_sampling_sd: float) -> float:
     """The spread between seeds that remains on the distribution the test set was drawn from: the
-    observed variance between seeds minus the variance that sampling the test images alone adds
-    (Jordan, ICLR 2024, section 3), floored at 0."""
-    return math.sqrt(max(seed_sd ** 2 - sampling_sd ** 2, 0.0))
+    observed variance between seeds minus the sampling variance that is each model's own (Jordan,
+    ICLR 2024: for accuracy ``mean_x p_x (1 - p_x) / n``, the examples on which runs disagree),
+    floored at 0.
+
+    Only the model's own part adds to the spread between seeds: what the test images do alike to
+    every model of a variant (hard images are hard for all of them) moves their mean, not their
+    spread. For AP, :func:`gflnb.study.decide.own_sampling_var` estimates that part from a bootstrap
+    over the images."""
+    return math.sqrt(max(seed_sd ** 2 - own_sampling_sd ** 2, 0.0))
