@@ -103,8 +103,8 @@ def test_a_sweep_is_decided_and_its_bootstrap_kept_and_reused(tmp_path, monkeypa
 
     cache = tmp_path / "sweep" / decide.BOOTSTRAP_FILE
     z = np.load(cache)
-    assert sorted(z["ids"].tolist()) == sorted(pts["id"])
-    i = z["ids"].tolist().index("beta1__s2")  # a column is that point's AP on each resample
+    assert sorted(z["ids"].tolist()) == sorted(f"evals/{i}.npz" for i in pts["id"])
+    i = z["ids"].tolist().index("evals/beta1__s2.npz")  # a column is that point's AP on each resample
     m = ImageMatches.load(tmp_path / "sweep/evals/beta1__s2.npz")
     from gflnb.study.imagewise import bootstrap_weights
     assert z["aps"][7, i] == ap(m, bootstrap_weights(400, 30, decide.BOOT_SEED)[7])
@@ -128,7 +128,7 @@ def test_the_pilots_table_uses_the_verdicts_points_and_resamples(tmp_path):
     aps = dict(gfl=[30.0, 30.6, 29.7], beta1=[28.0, 28.4, 27.1])
     gf = _sweep(tmp_path, aps, dict(gfl=0.6, beta1=0.5))
     table = pilot.spread_table(gf, ["gfl", "beta1"], n_boot=40, seed=decide.BOOT_SEED).set_index("variant")
-    assert table.loc["beta1", "seeds"] == 3
+    assert table.loc["beta1", "test_seeds"] == 3 and table.loc["beta1", "test_images"] == 400
     assert table.loc["beta1", "test_seed_sd"] == pytest.approx(np.std(aps["beta1"], ddof=1))
     by_hand = [sampling_sd(ImageMatches.load(tmp_path / f"sweep/evals/beta1__s{s}.npz"), 40, decide.BOOT_SEED)
                for s in range(3)]

@@ -45,12 +45,18 @@ MARGIN = 1.0  # AP: the equivalence margin of a tie, the difference the design i
 BOOTSTRAP_FILE = "bootstrap.npz"
 
 
-def points(grid: Grid) -> pd.DataFrame:
+def points(grid: Grid, test: str = "auto") -> pd.DataFrame:
     """The grid's finished points: ``id, variant, seed, test_AP, val_AP, test_images`` and the path of
-    their image-by-image evaluation (``evals``), one row per ``ok`` record with a test AP. Where the
-    grid names a ``final_test`` (:mod:`gflnb.study.finaltest`), the test AP and its evaluation are
-    the final set's, and a point without its final test yet is left out."""
-    final = finaltest.spec(grid)
+    their image-by-image evaluation (``evals``), one row per ``ok`` record with a test AP.
+
+    ``test`` says which test set: ``"run"``, the one each training run measured; ``"final"``, the
+    grid's ``final_test`` (:mod:`gflnb.study.finaltest`), a point without its final test yet being
+    left out; ``"auto"``, the final one where the grid names one."""
+    if test not in ("auto", "run", "final"):
+        raise ValueError(f"test must be auto, run or final, not {test!r}")
+    final = finaltest.spec(grid) if test != "run" else None
+    if test == "final" and final is None:
+        raise ValueError(f"{grid.path} names no final_test")
     rows = []
     for p in grid.points:
         rp = record_path(grid, p)
@@ -90,15 +96,17 @@ def bootstrap(pts: pd.DataFrame, cache: Optional[Path], n_boot: int = N_BOOT, se
     Columns kept in ``cache`` are reused where the point's evaluation file is unchanged (its SHA-256)
     and the resamples are the same (``n_boot``, ``seed``); the others are computed (``jobs``
     processes) and the cache rewritten."""
-    shas = {r.id: _sha(r.evals) for r in pts.itertuples()}
+    key = {r.id: _key(r.evals, cache) for r in pts.itertuples()}  # a point may have several test sets
+    shas = {key[r.id]: _sha(r.evals) for r in pts.itertuples()}
     have: dict[str, np.ndarray] = {}
     if cache is not None and Path(cache).exists():
         z = np.load(cache)
         if int(z["n_boot"]) == n_boot and int(z["seed"]) == seed:
-            for i, (pid, sha) in enumerate(zip(z["ids"].tolist(), z["sha"].tolist())):
-                if shas.get(pid) == sha:
-                    have[pid] = z["aps"][:, i]
-    todo = [r for r in pts.itertuples() if r.id not in have]
+            for i, (k, sha) in enumerate(zip(z["ids"].tolist(), z["sha"].tolist())):
+                have[k] = z["aps"][:, i]
+                if shas.get(k, sha) != sha:  # that evaluation has changed since
+                    del have[k]
+    todo = [r for r in pts.itertuples() if key[r.id] not in have]
     if todo:
         args = [(str(r.evals), n_boot, seed) for r in todo]
         if jobs > 1:
@@ -106,15 +114,26 @@ def bootstrap(pts: pd.DataFrame, cache: Optional[Path], n_boot: int = N_BOOT, se
             with ProcessPoolExecutor(jobs) as ex:
                 cols = ex.map(_column, args)
                 cols = _progress(cols, len(todo), progress)
-                have.update({r.id: c for r, c in zip(todo, cols)})
+                have.update({key[r.id]: c for r, c in zip(todo, cols)})
         else:
-            have.update({r.id: c for r, c in zip(todo, _progress(map(_column, args), len(todo), progress))})
+            have.update({key[r.id]: c for r, c in zip(todo, _progress(map(_column, args), len(todo), progress))})
         if cache is not None:
-            ids = sorted(have)
+            old = dict(zip(*(lambda z: (z["ids"].tolist(), z["sha"].tolist()))(np.load(cache)))) \
+                if Path(cache).exists() else {}
+            ks = sorted(have)
             with atomic_path(cache, suffix=".tmp.npz") as tmp:
-                np.savez_compressed(tmp, ids=np.array(ids), sha=np.array([shas.get(i, "") for i in ids]),
-                                    aps=np.stack([have[i] for i in ids], axis=1), n_boot=n_boot, seed=seed)
-    return pd.DataFrame({pid: have[pid] for pid in pts["id"]}, columns=list(pts["id"]))
+                np.savez_compressed(tmp, ids=np.array(ks), sha=np.array([shas.get(k) or old.get(k, "") for k in ks]),
+                                    aps=np.stack([have[k] for k in ks], axis=1), n_boot=n_boot, seed=seed)
+    return pd.DataFrame({pid: have[key[pid]] for pid in pts["id"]}, columns=list(pts["id"]))
+
+
+def _key(evals: Path, cache: Optional[Path]) -> str:
+    """A point's evaluation file as the cache names it: its path beside the cache (``evals/ID.npz``,
+    ``final/ID.npz``), or the file's own path where it lies elsewhere."""
+    try:
+        return str(Path(evals).resolve().relative_to(Path(cache).resolve().parent)) if cache else str(evals)
+    except ValueError:
+        return str(Path(evals).resolve())
 
 
 def _progress(it, total: int, show: bool):

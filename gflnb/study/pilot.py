@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from . import finaltest
 from .decide import BOOT_SEED, BOOTSTRAP_FILE, bootstrap, evaluation_parts, own_sampling_var, points
 from .imagewise import ImageMatches, aps_on, bootstrap_weights, match_images
 from .sweep import load_grid
@@ -54,31 +55,40 @@ def _val_matches(grid, point_id: str) -> Optional[ImageMatches]:
 
 def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS, n_boot: int = 1000,
                  seed: int = 0) -> pd.DataFrame:
-    """One row per variant, on the validation set (``val_``) and the test set (``test_``): seeds, mean
-    AP, sd between seeds, one model's sampling sd (the bootstrap over images, root mean variance over
-    the seeds), the part of it that is each model's own (:func:`gflnb.study.decide.own_sampling_var`)
-    and the distribution-level sd (:func:`gflnb.study.stats.distribution_sd`), all AP in %. The test
-    set's resamples are the verdicts' own (:func:`gflnb.study.decide.bootstrap`, kept in the sweep's
-    ``bootstrap.npz`` when ``seed`` is theirs); the validation set's need each point's run folder."""
+    """One row per variant and set: the validation images (``val_``), the test images each training
+    run measured (``test_``) and, where the grid names one, the final test set (``final_``). For each:
+    seeds, mean AP, sd between seeds, one model's sampling sd (the bootstrap over images, root mean
+    variance over the seeds), the part of it that is each model's own
+    (:func:`gflnb.study.decide.own_sampling_var`) and the distribution-level sd
+    (:func:`gflnb.study.stats.distribution_sd`), all AP in %. The test sets' resamples are the
+    verdicts' own (:func:`gflnb.study.decide.bootstrap`, kept in the sweep's ``bootstrap.npz`` when
+    ``seed`` is theirs); the validation set's need each point's run folder."""
     grid = load_grid(grid_file)
-    pts = points(grid)
-    pts = pts[pts["variant"].isin(variants)]
-    boot = bootstrap(pts, grid.out / BOOTSTRAP_FILE if seed == BOOT_SEED else None, n_boot, seed)
+    cache = grid.out / BOOTSTRAP_FILE if seed == BOOT_SEED else None
+    sets = {"test": points(grid, "run")}
+    if finaltest.spec(grid) is not None:
+        sets["final"] = points(grid, "final")
+    boots = {k: bootstrap(v[v["variant"].isin(variants)], cache, n_boot, seed) for k, v in sets.items()}
     rows = []
     for v in variants:
-        own = pts[pts["variant"] == v]
-        r: dict = dict(variant=v, seeds=len(own))
-        val_matches = [m for m in (_val_matches(grid, i) for i in own["id"]) if m is not None]
+        r: dict = dict(variant=v)
+        run = sets["test"][sets["test"]["variant"] == v]
+        val_matches = [m for m in (_val_matches(grid, i) for i in run["id"]) if m is not None]
         val_boot = (np.stack([aps_on(m, bootstrap_weights(len(m.img_ids), n_boot, seed)) for m in val_matches], 1)
-                    if val_matches else None)
-        for part, values, b in (("val", own["val_AP"], val_boot), ("test", own["test_AP"], boot[list(own["id"])])):
+                    if len(val_matches) == len(run) and len(run) else None)
+        parts = [("val", run["val_AP"], val_boot, int(grid.parameters.get("num_val", 0)))]
+        for k, frame in sets.items():
+            own = frame[frame["variant"] == v]
+            parts.append((k, own["test_AP"], boots[k][list(own["id"])].to_numpy(),
+                          int(own["test_images"].iloc[0]) if len(own) else 0))
+        for part, values, b, images in parts:
             n = len(values)
+            r[f"{part}_seeds"], r[f"{part}_images"] = n, images
             r[f"{part}_AP"] = float(values.mean()) if n else math.nan
             r[f"{part}_seed_sd"] = float(values.std(ddof=1)) if n >= 2 else math.nan
             b = None if b is None or not n else np.asarray(b)
             r[f"{part}_sampling_sd"] = math.sqrt(float(np.mean(b.var(0, ddof=1)))) if b is not None else math.nan
-            r[f"{part}_own_sd"] = (math.sqrt(own_sampling_var(b)) if b is not None and b.shape[1] == n and n >= 2
-                                   else math.nan)
+            r[f"{part}_own_sd"] = math.sqrt(own_sampling_var(b)) if b is not None and n >= 2 else math.nan
             r[f"{part}_dist_sd"] = stats.distribution_sd(r[f"{part}_seed_sd"], r[f"{part}_own_sd"]) \
                 if np.isfinite(r[f"{part}_own_sd"]) else math.nan
         rows.append(r)
@@ -86,13 +96,13 @@ def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS
 
 
 def pair_table(grid_file: str | Path, pairs: Sequence[tuple[str, str]] = PILOT_PAIRS,
-               n_boot: int = 1000) -> pd.DataFrame:
+               n_boot: int = 1000, test: str = "run") -> pd.DataFrame:
     """One row per pair of pilot variants: seeds a side, the difference of their mean test AP, and
     how the test images move it (:func:`gflnb.study.decide.evaluation_parts`): in all, the part that
     is each model's own, and the ``shared`` rest, the part of a claim's standard error that more
     seeds do not shrink."""
     grid = load_grid(grid_file)
-    pts = points(grid)
+    pts = points(grid, test)
     pts = pts[pts["variant"].isin({v for pair in pairs for v in pair})]
     boot = bootstrap(pts, grid.out / BOOTSTRAP_FILE, n_boot, BOOT_SEED)
     rows = []
@@ -100,6 +110,7 @@ def pair_table(grid_file: str | Path, pairs: Sequence[tuple[str, str]] = PILOT_P
         ia, ib = list(pts.loc[pts["variant"] == a, "id"]), list(pts.loc[pts["variant"] == b, "id"])
         ok = bool(ia) and bool(ib)
         rows.append(dict(pair=f"{a} - {b}", seeds=f"{len(ia)} / {len(ib)}",
+                         images=int(pts["test_images"].iloc[0]) if ok else 0,
                          diff=float(pts.loc[pts["variant"] == a, "test_AP"].mean()
                                     - pts.loc[pts["variant"] == b, "test_AP"].mean()) if ok else math.nan,
                          **(evaluation_parts(boot[ia].to_numpy(), boot[ib].to_numpy()) if ok else
@@ -109,7 +120,8 @@ def pair_table(grid_file: str | Path, pairs: Sequence[tuple[str, str]] = PILOT_P
 
 def design(table: pd.DataFrame, claims: int, delta: float = DELTA, seeds: Sequence[int] = (5, 8, 10),
            floor: float = 0.0) -> dict:
-    """Seeds a side for ``delta`` at 80% power from the largest test-set seed sd of the pilot, alone
+    """Seeds a side for ``delta`` at 80% power from the largest seed sd of the pilot on the training
+    runs' test set (``test_seed_sd``), alone
     (alpha 0.05) and with the strictest of Holm's steps over ``claims`` (alpha 0.05 / claims), and the
     difference that ``seeds`` resolve at each; ``seeds_holm_floor`` is the Holm figure once a claim's
     evaluation part ``floor`` (which seeds do not shrink) is added to its standard error."""
@@ -133,24 +145,28 @@ def _md(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown(table: pd.DataFrame, d: dict, n_val: int = 200, n_test: int = 2000,
-             pairs: Optional[pd.DataFrame] = None) -> str:
-    v, t = f"{n_val:,}", f"{n_test:,}"
+def markdown(table: pd.DataFrame, d: dict, pairs: Optional[pd.DataFrame] = None) -> str:
+    names = {"val": "validation images", "test": "test images of the training runs", "final": "final test images"}
     lines = []
-    for part, size in (("val", v), ("test", t)):
-        cols = {"variant": "variant", "seeds": "seeds", f"{part}_AP": f"AP ({size})",
-                f"{part}_seed_sd": "seed sd", f"{part}_sampling_sd": "one model's sampling sd",
-                f"{part}_own_sd": "its own part", f"{part}_dist_sd": "distribution sd"}
-        lines += [f"On the {size} {'validation' if part == 'val' else 'test'} images:", ""]
-        lines += _md(table[list(cols)].rename(columns=cols)) + [""]
+    for part, name in names.items():
+        if f"{part}_AP" not in table:
+            continue
+        size = f"{int(table[f'{part}_images'].max()):,}"
+        cols = {"variant": "variant", f"{part}_seeds": "seeds", f"{part}_AP": "AP", f"{part}_seed_sd": "seed sd",
+                f"{part}_sampling_sd": "one model's sampling sd", f"{part}_own_sd": "its own part",
+                f"{part}_dist_sd": "distribution sd"}
+        lines += [f"On the {size} {name}:", ""] + _md(table[list(cols)].rename(columns=cols)) + [""]
     if pairs is not None and len(pairs):
-        lines += ["Pairs, on the test images:", ""] + _md(pairs.rename(columns={"diff": f"AP difference ({t})", "total": "evaluation sd",
-                                                  "model": "models' own part", "shared": "shared part"}))
-    lines.append("")
-    lines.append(f"Planning sd (the largest seed sd on {t} images): {d['sd']:.2f} AP. Seeds a side to resolve "
-                 f"{d['delta']:.1f} AP with 80% power: {d['seeds_alone']} at alpha 0.05, {d['seeds_holm']} at "
-                 f"alpha 0.05/{d['claims']} (Holm's strictest step); {d['seeds_holm_floor']} there once the "
-                 f"largest shared evaluation part of a pair ({d['floor']:.2f} AP), which seeds do not shrink, is added.")
+        size = f"{int(pairs['images'].max()):,}"
+        lines += [f"Pairs, on the {size} test images of the training runs:", ""]
+        lines += _md(pairs.drop(columns="images").rename(columns={
+            "diff": "AP difference", "total": "evaluation sd", "model": "models' own part",
+            "shared": "shared part"})) + [""]
+    lines.append(f"Planning sd (the largest seed sd on the training runs' test images): {d['sd']:.2f} AP. Seeds a "
+                 f"side to resolve {d['delta']:.1f} AP with 80% power: {d['seeds_alone']} at alpha 0.05, "
+                 f"{d['seeds_holm']} at alpha 0.05/{d['claims']} (Holm's strictest step); {d['seeds_holm_floor']} "
+                 f"there once the largest shared part of a pair ({d['floor']:.2f} AP), which seeds do not "
+                 "shrink, is added.")
     for n, x in d["detectable"].items():
         lines.append(f"- {n} seeds a side resolve {x['alone']:.2f} AP alone, {x['holm']:.2f} AP under Holm's "
                      f"strictest step, {x['holm_floor']:.2f} AP there with the shared part (80% power)")
@@ -167,9 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     table = spread_table(a.grid, a.variants, a.boot)
     pairs = pair_table(a.grid, [pr for pr in PILOT_PAIRS if set(pr) <= set(a.variants)], a.boot)
     floor = float(pairs["shared"].max()) if len(pairs) and pairs["shared"].notna().any() else 0.0
-    par = load_grid(a.grid).parameters
-    print(markdown(table, design(table, len(paper.CLAIMS), floor=floor), par.get("num_val", 200),
-                   par.get("num_test", 0), pairs))
+    print(markdown(table, design(table, len(paper.CLAIMS), floor=floor), pairs))
 
 
 if __name__ == "__main__":
