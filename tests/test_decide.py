@@ -151,3 +151,18 @@ def test_the_evaluation_part_separates_what_the_seeds_already_carry():
     assert ev["total"] == pytest.approx(math.sqrt(0.09 * 2 + 0.25 / n * 2), rel=0.03)
     same = decide.evaluation_parts(boot_a, c_a[:, None] + rng.normal(0, 0.5, (B, n)))  # one variant twice
     assert same["shared"] < 0.05 < same["model"]
+
+
+def test_the_design_weighs_test_set_sizes_by_hours():
+    import pandas as pd
+
+    from gflnb.study import pilot
+    table = pd.DataFrame(dict(variant=["gfl", "beta1"], test_seed_sd=[0.30, 0.37], test_own_sd=[0.21, 0.21],
+                              test_images=[2000, 2000]))
+    out = pilot.sizes(table, 26, floor=0.06, eval_seconds_per_image=0.035).set_index("test_images")
+    sd = math.sqrt(0.37 ** 2 - 0.21 ** 2 + 0.21 ** 2 * 2000 / 8000)  # beta1's: the larger seed sd
+    assert out.loc[8000, "seed_sd"] == pytest.approx(sd) and out.loc[8000, "shared"] == pytest.approx(0.03)
+    n = stats.seeds_for_power(1.0, sd, 0.05 / 26, floor=0.03)
+    assert out.loc[8000, "seeds"] == n
+    assert out.loc[8000, "hours"] == pytest.approx(21 * n * (16 + 8000 * 0.035 / 60) / 2 / 60)
+    assert out.loc[2000, "seed_sd"] == pytest.approx(0.37)  # the measured size: nothing scaled

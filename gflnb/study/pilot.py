@@ -137,6 +137,34 @@ def design(table: pd.DataFrame, claims: int, delta: float = DELTA, seeds: Sequen
                             for n in seeds})
 
 
+TEST_SIZES = (2000, 4000, 8000)  # final test sets the design chooses among
+TRAIN_MINUTES = 16.0  # one point's training at 1 thread on an idle core (0.27 s an iteration, 3,000 of them)
+
+
+def sizes(table: pd.DataFrame, claims: int, floor: float, eval_seconds_per_image: float, variants: int = 21,
+          delta: float = DELTA, test_sizes: Sequence[int] = TEST_SIZES, cores: int = 2,
+          max_seeds: int = 10) -> pd.DataFrame:
+    """The design at each final test size M: a seed's sd on M images (the variant with the largest
+    sd on the runs' own test set, its own sampling part scaled by ``sqrt(m / M)`` and its distribution
+    part kept), the shared part ``floor`` scaled alike, the seeds a side that resolve ``delta`` with
+    80% power at Holm's strictest step (None beyond ``max_seeds``), and the hours of ``cores``
+    cores the sweep then takes (training, plus evaluating M images)."""
+    alpha = (1 - stats.CONFIDENCE) / claims
+    worst = table.loc[table["test_seed_sd"].idxmax()]
+    m = int(worst["test_images"])
+    dist2, own2 = worst["test_seed_sd"] ** 2 - worst["test_own_sd"] ** 2, worst["test_own_sd"] ** 2
+    rows = []
+    for size in test_sizes:
+        sd = math.sqrt(max(dist2, 0.0) + own2 * m / size)
+        fl = floor * math.sqrt(m / size)
+        n = stats.seeds_for_power(delta, sd, alpha, floor=fl, max_seeds=max_seeds)
+        n_run = max(n or max_seeds, 5)
+        hours = variants * n_run * (TRAIN_MINUTES + size * eval_seconds_per_image / 60) / cores / 60
+        rows.append(dict(test_images=size, seed_sd=sd, shared=fl, seeds=n, hours=hours,
+                         resolves=stats.detectable_difference(sd, n_run, alpha, floor=fl)))
+    return pd.DataFrame(rows)
+
+
 def _md(frame: pd.DataFrame) -> list[str]:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for _, r in frame.iterrows():
@@ -145,11 +173,12 @@ def _md(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown(table: pd.DataFrame, d: dict, pairs: Optional[pd.DataFrame] = None) -> str:
+def markdown(table: pd.DataFrame, d: dict, pairs: Optional[pd.DataFrame] = None,
+             size_table: Optional[pd.DataFrame] = None) -> str:
     names = {"val": "validation images", "test": "test images of the training runs", "final": "final test images"}
     lines = []
     for part, name in names.items():
-        if f"{part}_AP" not in table:
+        if f"{part}_AP" not in table or not table[f"{part}_seeds"].any():
             continue
         size = f"{int(table[f'{part}_images'].max()):,}"
         cols = {"variant": "variant", f"{part}_seeds": "seeds", f"{part}_AP": "AP", f"{part}_seed_sd": "seed sd",
@@ -170,7 +199,24 @@ def markdown(table: pd.DataFrame, d: dict, pairs: Optional[pd.DataFrame] = None)
     for n, x in d["detectable"].items():
         lines.append(f"- {n} seeds a side resolve {x['alone']:.2f} AP alone, {x['holm']:.2f} AP under Holm's "
                      f"strictest step, {x['holm_floor']:.2f} AP there with the shared part (80% power)")
+    if size_table is not None:
+        shown = size_table.assign(seeds=[str(x) if x is not None and x == x else "more than 10"
+                                         for x in size_table["seeds"]])
+        lines += ["", "The final test set's size M, with N chosen at each:", ""]
+        lines += _md(shown.rename(columns={"test_images": "M", "seed_sd": "seed sd on M", "shared": "shared part",
+                                           "seeds": "N (80% power, Holm's strictest step)",
+                                           "hours": "hours of 2 cores", "resolves": "difference N resolves"}))
     return "\n".join(lines)
+
+
+EVAL_SECONDS_PER_IMAGE = 0.035  # until a final test has run: 2,000 images in 77 s beside the sweep, 1 thread
+
+
+def eval_seconds_per_image(grid) -> float:
+    """The final tests' mean seconds per image, or ``EVAL_SECONDS_PER_IMAGE`` before there are any."""
+    recs = [finaltest.read(grid, p) for p in grid.points]
+    t = [r["seconds"] / r["num_images"] for r in recs if r]
+    return float(np.median(t)) if t else EVAL_SECONDS_PER_IMAGE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -183,7 +229,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     table = spread_table(a.grid, a.variants, a.boot)
     pairs = pair_table(a.grid, [pr for pr in PILOT_PAIRS if set(pr) <= set(a.variants)], a.boot)
     floor = float(pairs["shared"].max()) if len(pairs) and pairs["shared"].notna().any() else 0.0
-    print(markdown(table, design(table, len(paper.CLAIMS), floor=floor), pairs))
+    per_image = eval_seconds_per_image(load_grid(a.grid))
+    print(markdown(table, design(table, len(paper.CLAIMS), floor=floor), pairs,
+                   sizes(table, len(paper.CLAIMS), floor, per_image)))
+    print(f"\n(evaluation: {per_image:.4f} s an image at 1 thread, from the final tests so far; training "
+          f"{TRAIN_MINUTES:.0f} min a point)")
 
 
 if __name__ == "__main__":
