@@ -136,7 +136,8 @@ def run_shown(command: str, tmp: Path) -> None:
                 assert r.returncode == 0, r.stderr
                 assert (tmp / "share/jupyter/lab/settings/overrides.json").exists()
                 return
-            subcommands = {"gflnb.book": ("run", "build"), "gflnb.numerics.optrace": ("record", "compare")}
+            subcommands = {"gflnb.book": ("run", "build"), "gflnb.numerics.optrace": ("record", "compare"),
+                           "gflnb.study.finaltest": (), "gflnb.study.decide": (), "gflnb.study.pilot": ()}
             if module in subcommands:
                 sub = [rest[0]] if rest and rest[0] in subcommands[module] else []
                 return _help_has_flags([sys.executable, "-m", module, *sub], rest)

@@ -24,6 +24,7 @@ import pandas as pd
 from ..engine.evaluate import AP_NAMES
 from . import paper
 from .stats import CONFIDENCE, _values, fmt_interval, holm, welch
+from .stats import verdict as _verdict
 from .sweep import GridError, read_grid_file
 
 RULE = (f"a claim holds when the {CONFIDENCE:.0%} confidence interval of the mean AP difference (Welch's t "
@@ -35,10 +36,6 @@ AP_KEYS = AP_NAMES  # the COCO APs of a row (gflnb/engine/evaluate.py)
 
 
 # ------------------------------------------------------------------ the verdict rule
-def _verdict(lo: float, hi: float) -> str:
-    return "holds" if lo > 0 else "reversed" if hi < 0 else "not resolved"
-
-
 def compare(better: Sequence[float], worse: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
     """``dict(diff, se, dof, lo, hi, p, n_better, n_worse, verdict)`` for per-seed values of the two
     variants (:func:`welch`; the module docstring states the rule).

@@ -183,10 +183,6 @@ def claim_interval(better: Sequence[float], worse: Sequence[float], boot_better:
     return dict(out, se_train=math.sqrt(va + vb), se_eval=ev["shared"], se_eval_total=ev["total"])
 
 
-def _verdict(lo: float, hi: float) -> str:
-    return "holds" if lo > 0 else "reversed" if hi < 0 else "not resolved"
-
-
 def claims(pts: pd.DataFrame, boot: pd.DataFrame, claim_list: Sequence[dict[str, Any]] = paper.CLAIMS,
            confidence: float = stats.CONFIDENCE, power: float = stats.POWER) -> pd.DataFrame:
     """One row per claim: the paper's and this sweep's difference, both parts of its standard error,
@@ -205,7 +201,7 @@ def claims(pts: pd.DataFrame, boot: pd.DataFrame, claim_list: Sequence[dict[str,
             r.update(diff=float(a["test_AP"].mean() - b["test_AP"].mean()) if len(a) and len(b) else math.nan,
                      se_train=math.nan, se_eval=math.nan, se=math.nan, dof=math.nan, lo=math.nan, hi=math.nan,
                      p=math.nan)
-        r["verdict"] = "not resolved" if math.isnan(r["lo"]) else _verdict(r["lo"], r["hi"])
+        r["verdict"] = "not resolved" if math.isnan(r["lo"]) else stats.verdict(r["lo"], r["hi"])
         r["why"] = ("not run" if min(len(a), len(b)) == 0 else "fewer than 2 seeds" if min(len(a), len(b)) < 2
                     else "" if r["verdict"] != "not resolved" else "within the spread")
         rows.append(r)
@@ -213,7 +209,7 @@ def claims(pts: pd.DataFrame, boot: pd.DataFrame, claim_list: Sequence[dict[str,
     alpha = 1 - confidence
     tested = int(np.isfinite(out["p"]).sum()) if len(out) else 0
     hits = stats.holm(out["p"].tolist(), alpha) if len(out) else []
-    out["holm_verdict"] = [_verdict(lo, hi) if h else "not resolved" for h, lo, hi in zip(hits, out["lo"], out["hi"])]
+    out["holm_verdict"] = [stats.verdict(lo, hi) if h else "not resolved" for h, lo, hi in zip(hits, out["lo"], out["hi"])]
     need = []
     for r in out.itertuples():
         if r.why != "within the spread":

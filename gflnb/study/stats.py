@@ -54,6 +54,12 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[
     return t_interval(diff, se, dof, confidence)
 
 
+def verdict(lo: float, hi: float) -> str:
+    """A claim's verdict from its interval ``[lo, hi]`` of ``better - worse``: ``holds`` above 0,
+    ``reversed`` below it, ``not resolved`` when it holds 0."""
+    return "holds" if lo > 0 else "reversed" if hi < 0 else "not resolved"
+
+
 def holm(p: Sequence[float], alpha: float = 1 - CONFIDENCE) -> list[bool]:
     """Holm's step-down: which p-values are rejected with the family-wise error rate kept at ``alpha``.
     NaN p-values (claims without two seeds a side) are neither tested nor counted."""
