@@ -41,6 +41,8 @@ results_csv = "../experiments/ablations/v2_12epochs/results.csv"
 grid = "../experiments/ablations/v2_12epochs/grid.yaml"
 # one JSON record per run (Fig. 2 summaries)
 records_dir = "../experiments/ablations/v2_12epochs/records"
+# the plateau sweep, whose pilot sizes its design
+plateau_grid = "../experiments/ablations/grid.yaml"
 
 # %% tags=["hide-input"]
 from gflnb.chapters import nbtools as nb
@@ -54,6 +56,7 @@ nb.check(
 )
 nb.check("grid", grid, str)
 nb.check("records_dir", records_dir, str)
+nb.check("plateau_grid", plateau_grid, str)
 
 import numpy as np
 import pandas as pd
@@ -362,6 +365,82 @@ else:
     )
 
 # %% [markdown]
+# ### The next sweep's design: the pilot
+#
+# Before the plateau sweep's design is fixed, its pilot
+# (`experiments/ablations/pilot.md`) measures where the spread between
+# seeds comes from, on the points it has so far. For each variant and test
+# set: the sd between seeds; the part of it that is each model's own
+# sampling error on those images, the images on which the runs disagree
+# (Jordan, ICLR 2024); and what is left, the spread between the models
+# themselves. A claim's interval also carries a part that no number of seeds
+# shrinks: how differently the images treat two variants. The last table
+# weighs the final test set's size by the hours that resolve 1 AP.
+
+# %% tags=["hide-input"]
+from pathlib import Path
+
+from gflnb.study import pilot
+from gflnb.study.sweep import load_grid
+
+spread = pd.DataFrame()
+if Path(plateau_grid).exists():
+    spread = pilot.spread_table(plateau_grid, val=False, write_cache=False)
+if len(spread) and spread["test_seeds"].any():
+    for part in ("test", "final"):
+        if f"{part}_seeds" not in spread or not spread[f"{part}_seeds"].any():
+            continue
+        n_img = int(spread[f"{part}_images"].max())
+        print(f"On {n_img:,} test images:")
+        display(
+            pd.DataFrame(
+                {
+                    "variant": [labels.get(v, v) for v in spread["variant"]],
+                    "seeds": spread[f"{part}_seeds"].to_numpy(),
+                    "AP": spread[f"{part}_AP"].round(2).to_numpy(),
+                    "seed sd": spread[f"{part}_seed_sd"].round(2).to_numpy(),
+                    "own part": spread[f"{part}_own_sd"].round(2).to_numpy(),
+                    "models' sd": spread[f"{part}_dist_sd"].round(2).to_numpy(),
+                }
+            ).set_index("variant")
+        )
+    pairs = pilot.pair_table(
+        plateau_grid,
+        [pr for pr in pilot.PILOT_PAIRS if set(pr) <= set(spread["variant"])],
+        write_cache=False,
+    )
+    floor = float(pairs["shared"].max()) if len(pairs) else 0.0
+    per_image = pilot.eval_seconds_per_image(load_grid(plateau_grid))
+    sizes = pilot.sizes(spread, len(paper.CLAIMS), floor, per_image)
+    display(
+        pd.DataFrame(
+            {
+                "test images": [f"{m:,}" for m in sizes["test_images"]],
+                "seed sd": sizes["seed_sd"].round(2).to_numpy(),
+                "shared part": sizes["shared"].round(2).to_numpy(),
+                "seeds a side": [
+                    "over 10" if n != n else int(n) for n in sizes["seeds"]
+                ],
+                "hours": sizes["hours"].round(1).to_numpy(),
+            }
+        ).set_index("test images")
+    )
+    best = sizes.loc[sizes["hours"].idxmin()]
+    display(
+        Markdown(
+            f"On the pilot's points so far the cheapest design is "
+            f"{int(best['test_images']):,} test images and "
+            f"{int(best['seeds']) if best['seeds'] == best['seeds'] else 'over 10'}"
+            " seeds a side "
+            f"({best['hours']:.1f} hours of two cores); the shared part "
+            f"is {floor:.2f} AP on the runs' own test images. The design "
+            "is fixed when the pilot's last variant is in."
+        )
+    )
+else:
+    print("The plateau sweep's pilot has no points yet.")
+
+# %% [markdown]
 # ## The paper's claims
 #
 # Each claim compares two rows of one of the paper's tables. The difference is better minus worse
@@ -459,4 +538,5 @@ nb.record(
     reversed=counts["reversed"],
     not_resolved=counts["not_resolved"],
     background_variants=sorted(pooled),
+    pilot_points=int(spread["test_seeds"].sum()) if len(spread) else 0,
 )

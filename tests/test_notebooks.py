@@ -1,5 +1,6 @@
 """Every notebook executed by papermill on tiny parameters, the book built from them, and every
 built page opened in headless Chromium (the executed book and its build: tests/conftest.py)."""
+import json
 import re
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def test_notebook_ran_with_injected_parameters_and_drew_figures(executed, name):
         # about [+1.3, +3.1] (tests/test_ablation_chapter.py works it out)
         assert rec["holds"] == 1 and rec["reversed"] == 0
         assert rec["background_variants"] == ["iou", "qfl_dirac"] and rec["iterations"] == [9]
+        # the pilot's section reads the plateau sweep's committed points
+        from gflnb.study.pilot import PILOT_VARIANTS
+        recs = [json.loads(f.read_text()) for f in (ROOT / "experiments/ablations/records").glob("*.json")]
+        assert rec["pilot_points"] == sum(r["status"] == "ok" and r["variant"] in PILOT_VARIANTS for r in recs) > 0
 
 
 def test_bad_parameter_stops_with_a_readable_message(tmp_path):

@@ -90,12 +90,12 @@ def _column(args: tuple[str, int, int]) -> np.ndarray:
 
 
 def bootstrap(pts: pd.DataFrame, cache: Optional[Path], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-              jobs: int = 1, progress: bool = False) -> pd.DataFrame:
+              jobs: int = 1, progress: bool = False, write: bool = True) -> pd.DataFrame:
     """``[n_boot, points]`` APs of every point on the same ``n_boot`` resamples of the test images.
 
     Columns kept in ``cache`` are reused where the point's evaluation file is unchanged (its SHA-256)
     and the resamples are the same (``n_boot``, ``seed``); the others are computed (``jobs``
-    processes) and the cache rewritten."""
+    processes) and, where ``write``, the cache rewritten (a chapter reads it and writes nothing)."""
     key = {r.id: _key(r.evals, cache) for r in pts.itertuples()}  # a point may have several test sets
     shas = {key[r.id]: _sha(r.evals) for r in pts.itertuples()}
     have: dict[str, np.ndarray] = {}
@@ -117,7 +117,7 @@ def bootstrap(pts: pd.DataFrame, cache: Optional[Path], n_boot: int = N_BOOT, se
                 have.update({key[r.id]: c for r, c in zip(todo, cols)})
         else:
             have.update({key[r.id]: c for r, c in zip(todo, _progress(map(_column, args), len(todo), progress))})
-        if cache is not None:
+        if cache is not None and write:
             old = dict(zip(*(lambda z: (z["ids"].tolist(), z["sha"].tolist()))(np.load(cache)))) \
                 if Path(cache).exists() else {}
             ks = sorted(have)

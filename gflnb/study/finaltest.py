@@ -101,7 +101,7 @@ def evaluate_point(grid: Grid, p: Point, ann: Path, images: Path, num: int, seed
     ckpt = grid.out / "runs" / p.id / "latest.pth"
     if not ckpt.exists():
         raise FinalTestError(f"{p.id}: its checkpoint {ckpt} is gone; rerun the point ({rec.get('command')})")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model, _ = model_from_checkpoint(ckpt)
     ds = CocoDetection(str(ann), str(images), model.cfg, train=False)
     n_rec = int(rec.get("test_images") or point_parameters(grid, p)["num_test"])
@@ -131,6 +131,7 @@ def evaluate_point(grid: Grid, p: Point, ann: Path, images: Path, num: int, seed
                test_seed=seed, checkpoint=str(ckpt.relative_to(grid.out)), checkpoint_sha256=_sha(ckpt),
                check=dict(images=n_rec, AP=ap_first, record_AP=ap_record, same_detections=n_det),
                command=command(grid, [p.id]), seconds=round(time.perf_counter() - t0, 1),
+               cpu_seconds=round(time.process_time() - c0, 1),  # the design's cost: wall time depends on the load
                threads=int(os.environ.get("OMP_NUM_THREADS", 0)) or None)
     atomic_write_text(final_record_path(grid, p), json.dumps(out, indent=1))
     return out

@@ -54,7 +54,7 @@ def _val_matches(grid, point_id: str) -> Optional[ImageMatches]:
 
 
 def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS, n_boot: int = 1000,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, val: bool = True, write_cache: bool = True) -> pd.DataFrame:
     """One row per variant and set: the validation images (``val_``), the test images each training
     run measured (``test_``) and, where the grid names one, the final test set (``final_``). For each:
     seeds, mean AP, sd between seeds, one model's sampling sd (the bootstrap over images, root mean
@@ -62,18 +62,20 @@ def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS
     (:func:`gflnb.study.decide.own_sampling_var`) and the distribution-level sd
     (:func:`gflnb.study.stats.distribution_sd`), all AP in %. The test sets' resamples are the
     verdicts' own (:func:`gflnb.study.decide.bootstrap`, kept in the sweep's ``bootstrap.npz`` when
-    ``seed`` is theirs); the validation set's need each point's run folder."""
+    ``seed`` is theirs; ``write_cache=False`` leaves it as it is); the validation set's need each
+    point's run folder (``val=False`` skips them)."""
     grid = load_grid(grid_file)
     cache = grid.out / BOOTSTRAP_FILE if seed == BOOT_SEED else None
     sets = {"test": points(grid, "run")}
     if finaltest.spec(grid) is not None:
         sets["final"] = points(grid, "final")
-    boots = {k: bootstrap(v[v["variant"].isin(variants)], cache, n_boot, seed) for k, v in sets.items()}
+    boots = {k: bootstrap(v[v["variant"].isin(variants)], cache, n_boot, seed, write=write_cache)
+             for k, v in sets.items()}
     rows = []
     for v in variants:
         r: dict = dict(variant=v)
         run = sets["test"][sets["test"]["variant"] == v]
-        val_matches = [m for m in (_val_matches(grid, i) for i in run["id"]) if m is not None]
+        val_matches = [m for m in (_val_matches(grid, i) for i in run["id"]) if m is not None] if val else []
         val_boot = (np.stack([aps_on(m, bootstrap_weights(len(m.img_ids), n_boot, seed)) for m in val_matches], 1)
                     if len(val_matches) == len(run) and len(run) else None)
         parts = [("val", run["val_AP"], val_boot, int(grid.parameters.get("num_val", 0)))]
@@ -96,7 +98,7 @@ def spread_table(grid_file: str | Path, variants: Sequence[str] = PILOT_VARIANTS
 
 
 def pair_table(grid_file: str | Path, pairs: Sequence[tuple[str, str]] = PILOT_PAIRS,
-               n_boot: int = 1000, test: str = "run") -> pd.DataFrame:
+               n_boot: int = 1000, test: str = "run", write_cache: bool = True) -> pd.DataFrame:
     """One row per pair of pilot variants: seeds a side, the difference of their mean test AP, and
     how the test images move it (:func:`gflnb.study.decide.evaluation_parts`): in all, the part that
     is each model's own, and the ``shared`` rest, the part of a claim's standard error that more
@@ -104,7 +106,7 @@ def pair_table(grid_file: str | Path, pairs: Sequence[tuple[str, str]] = PILOT_P
     grid = load_grid(grid_file)
     pts = points(grid, test)
     pts = pts[pts["variant"].isin({v for pair in pairs for v in pair})]
-    boot = bootstrap(pts, grid.out / BOOTSTRAP_FILE, n_boot, BOOT_SEED)
+    boot = bootstrap(pts, grid.out / BOOTSTRAP_FILE, n_boot, BOOT_SEED, write=write_cache)
     rows = []
     for a, b in pairs:
         ia, ib = list(pts.loc[pts["variant"] == a, "id"]), list(pts.loc[pts["variant"] == b, "id"])
@@ -209,13 +211,14 @@ def markdown(table: pd.DataFrame, d: dict, pairs: Optional[pd.DataFrame] = None,
     return "\n".join(lines)
 
 
-EVAL_SECONDS_PER_IMAGE = 0.035  # until a final test has run: 2,000 images in 77 s beside the sweep, 1 thread
+EVAL_SECONDS_PER_IMAGE = 0.02  # until a final test has run: 2,000 images in 42 s of CPU at 1 thread (Zen 4)
 
 
 def eval_seconds_per_image(grid) -> float:
-    """The final tests' mean seconds per image, or ``EVAL_SECONDS_PER_IMAGE`` before there are any."""
+    """The final tests' median CPU seconds per image (at 1 thread, what an idle core takes), or
+    ``EVAL_SECONDS_PER_IMAGE`` before there are any."""
     recs = [finaltest.read(grid, p) for p in grid.points]
-    t = [r["seconds"] / r["num_images"] for r in recs if r]
+    t = [r["cpu_seconds"] / r["num_images"] for r in recs if r and "cpu_seconds" in r]
     return float(np.median(t)) if t else EVAL_SECONDS_PER_IMAGE
 
 
@@ -232,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     per_image = eval_seconds_per_image(load_grid(a.grid))
     print(markdown(table, design(table, len(paper.CLAIMS), floor=floor), pairs,
                    sizes(table, len(paper.CLAIMS), floor, per_image)))
-    print(f"\n(evaluation: {per_image:.4f} s an image at 1 thread, from the final tests so far; training "
+    print(f"\n(evaluation: {per_image:.4f} CPU s an image at 1 thread, from the final tests so far; training "
           f"{TRAIN_MINUTES:.0f} min a point)")
 
 
