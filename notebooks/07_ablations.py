@@ -387,26 +387,30 @@ spread = pd.DataFrame()
 if Path(plateau_grid).exists():
     spread = pilot.spread_table(plateau_grid, val=False, write_cache=False)
 if len(spread) and spread["test_seeds"].any():
+    names = [labels.get(v, v) for v in spread["variant"]]
     for part in ("test", "final"):
-        if f"{part}_seeds" not in spread or not spread[f"{part}_seeds"].any():
+        sp = spread.filter(like=f"{part}_").rename(
+            columns=lambda c: c.removeprefix(f"{part}_")
+        )
+        if not len(sp.columns) or not sp["seeds"].any():
             continue
-        n_img = int(spread[f"{part}_images"].max())
-        print(f"On {n_img:,} test images:")
+        print(f"On {int(sp['images'].max()):,} test images:")
         display(
             pd.DataFrame(
                 {
-                    "variant": [labels.get(v, v) for v in spread["variant"]],
-                    "seeds": spread[f"{part}_seeds"].to_numpy(),
-                    "AP": spread[f"{part}_AP"].round(2).to_numpy(),
-                    "seed sd": spread[f"{part}_seed_sd"].round(2).to_numpy(),
-                    "own part": spread[f"{part}_own_sd"].round(2).to_numpy(),
-                    "models' sd": spread[f"{part}_dist_sd"].round(2).to_numpy(),
+                    "variant": names,
+                    "seeds": sp["seeds"].to_numpy(),
+                    "AP": sp["AP"].round(2).to_numpy(),
+                    "seed sd": sp["seed_sd"].round(2).to_numpy(),
+                    "own part": sp["own_sd"].round(2).to_numpy(),
+                    "models' sd": sp["dist_sd"].round(2).to_numpy(),
                 }
             ).set_index("variant")
         )
+    run = set(spread["variant"])
     pairs = pilot.pair_table(
         plateau_grid,
-        [pr for pr in pilot.PILOT_PAIRS if set(pr) <= set(spread["variant"])],
+        [pr for pr in pilot.PILOT_PAIRS if set(pr) <= run],
         write_cache=False,
     )
     floor = float(pairs["shared"].max()) if len(pairs) else 0.0
@@ -426,15 +430,15 @@ if len(spread) and spread["test_seeds"].any():
         ).set_index("test images")
     )
     best = sizes.loc[sizes["hours"].idxmin()]
+    n_best = best["seeds"]
     display(
         Markdown(
             f"On the pilot's points so far the cheapest design is "
             f"{int(best['test_images']):,} test images and "
-            f"{int(best['seeds']) if best['seeds'] == best['seeds'] else 'over 10'}"
-            " seeds a side "
-            f"({best['hours']:.1f} hours of two cores); the shared part "
-            f"is {floor:.2f} AP on the runs' own test images. The design "
-            "is fixed when the pilot's last variant is in."
+            f"{'over 10' if n_best != n_best else int(n_best)} seeds a "
+            f"side ({best['hours']:.1f} hours of two cores); the shared "
+            f"part is {floor:.2f} AP on the runs' own test images. The "
+            "design is fixed when the pilot's last variant is in."
         )
     )
 else:
