@@ -395,15 +395,16 @@ if len(spread) and spread["test_seeds"].any():
         if not len(sp.columns) or not sp["seeds"].any():
             continue
         print(f"On {int(sp['images'].max()):,} test images:")
+        two = lambda col: [f"{x:.2f}" if x == x else "–" for x in col]
         display(
             pd.DataFrame(
                 {
                     "variant": names,
                     "seeds": sp["seeds"].to_numpy(),
-                    "AP": sp["AP"].round(2).to_numpy(),
-                    "seed sd": sp["seed_sd"].round(2).to_numpy(),
-                    "own part": sp["own_sd"].round(2).to_numpy(),
-                    "models' sd": sp["dist_sd"].round(2).to_numpy(),
+                    "AP": two(sp["AP"]),  # "–": not run yet, or one seed
+                    "seed sd": two(sp["seed_sd"]),
+                    "own part": two(sp["own_sd"]),
+                    "models' sd": two(sp["dist_sd"]),
                 }
             ).set_index("variant")
         )
@@ -416,6 +417,7 @@ if len(spread) and spread["test_seeds"].any():
     floor = float(pairs["shared"].max()) if len(pairs) else 0.0
     per_image = pilot.eval_seconds_per_image(load_grid(plateau_grid))
     sizes = pilot.sizes(spread, len(paper.CLAIMS), floor, per_image)
+    print("The design at each size of the final test set:")
     display(
         pd.DataFrame(
             {
