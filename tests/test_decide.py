@@ -166,3 +166,13 @@ def test_the_design_weighs_test_set_sizes_by_hours():
     assert out.loc[8000, "seeds"] == n
     assert out.loc[8000, "hours"] == pytest.approx(21 * n * (16 + 8000 * 0.035 / 60) / 2 / 60)
     assert out.loc[2000, "seed_sd"] == pytest.approx(0.37)  # the measured size: nothing scaled
+
+
+def test_the_rule_picks_the_cheapest_size_or_caps_the_seeds():
+    import pandas as pd
+
+    from gflnb.study import pilot
+    t = pd.DataFrame(dict(test_images=[2000, 8000], seeds=[8, 6], hours=[24.0, 19.5], resolves=[0.9, 0.96]))
+    assert pilot.choose(t) == dict(test_images=8000, seeds=6, hours=19.5, resolves=0.96, capped=False)
+    t = pd.DataFrame(dict(test_images=[2000, 8000], seeds=[None, None], hours=[29.1, 32.4], resolves=[1.19, 1.11]))
+    assert pilot.choose(t) == dict(test_images=8000, seeds=10, hours=32.4, resolves=1.11, capped=True)

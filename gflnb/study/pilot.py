@@ -167,6 +167,17 @@ def sizes(table: pd.DataFrame, claims: int, floor: float, eval_seconds_per_image
     return pd.DataFrame(rows)
 
 
+def choose(size_table: pd.DataFrame, max_seeds: int = 10) -> dict:
+    """The design the rule picks from :func:`sizes`: the fewest hours among the sizes that resolve
+    the planned difference within ``max_seeds`` seeds; where none does, ``max_seeds`` seeds and the
+    size at which they resolve the smallest difference (pilot.md). ``dict(test_images, seeds,
+    hours, resolves, capped)``."""
+    ok = size_table[size_table["seeds"].notna()]
+    row = ok.loc[ok["hours"].idxmin()] if len(ok) else size_table.loc[size_table["resolves"].idxmin()]
+    return dict(test_images=int(row["test_images"]), seeds=int(row["seeds"]) if len(ok) else max_seeds,
+                hours=float(row["hours"]), resolves=float(row["resolves"]), capped=not len(ok))
+
+
 def _md(frame: pd.DataFrame) -> list[str]:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for _, r in frame.iterrows():
