@@ -32,3 +32,13 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

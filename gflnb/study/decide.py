@@ -25,7 +25,6 @@ The bootstrap APs of every point are computed once and kept, keyed by the SHA-25
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_path
+from ..files import atomic_path, file_sha256
 from . import finaltest, paper, stats
 from .imagewise import ImageMatches, aps_on, bootstrap_weights
 from .sweep import Grid, evals_path, load_grid, record_path
@@ -79,10 +78,6 @@ def points(grid: Grid, test: str = "auto") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "variant", "seed", "test_AP", "val_AP", "test_images", "evals"])
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _column(args: tuple[str, int, int]) -> np.ndarray:
     path, n_boot, seed = args
     m = ImageMatches.load(path)
@@ -97,7 +92,7 @@ def bootstrap(pts: pd.DataFrame, cache: Optional[Path], n_boot: int = N_BOOT, se
     and the resamples are the same (``n_boot``, ``seed``); the others are computed (``jobs``
     processes) and, where ``write``, the cache rewritten (a chapter reads it and writes nothing)."""
     key = {r.id: _key(r.evals, cache) for r in pts.itertuples()}  # a point may have several test sets
-    shas = {key[r.id]: _sha(r.evals) for r in pts.itertuples()}
+    shas = {key[r.id]: file_sha256(r.evals) for r in pts.itertuples()}
     have: dict[str, np.ndarray] = {}
     if cache is not None and Path(cache).exists():
         z = np.load(cache)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -35,7 +34,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, file_sha256
 from .imagewise import ImageMatches, ap, match_images
 from .sweep import Grid, Point, load_grid, point_parameters, record_path
 
@@ -67,14 +66,6 @@ def final_record_path(grid: Grid, p: Point) -> Path:
 
 def final_evals_path(grid: Grid, p: Point) -> Path:
     return final_dir(grid) / f"{p.id}.npz"
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def test_set(grid: Grid, num: int, seed: int) -> tuple[Path, Path]:
@@ -128,7 +119,7 @@ def evaluate_point(grid: Grid, p: Point, ann: Path, images: Path, num: int, seed
         n_det = len(mine)
     matches.save(final_evals_path(grid, p))
     out = dict(variant=p.variant, seed=p.seed, status="ok", **res.to_dict(), num_images=len(ds),
-               test_seed=seed, checkpoint=str(ckpt.relative_to(grid.out)), checkpoint_sha256=_sha(ckpt),
+               test_seed=seed, checkpoint=str(ckpt.relative_to(grid.out)), checkpoint_sha256=file_sha256(ckpt),
                check=dict(images=n_rec, AP=ap_first, record_AP=ap_record, same_detections=n_det),
                command=command(grid, [p.id]), seconds=round(time.perf_counter() - t0, 1),
                cpu_seconds=round(time.process_time() - c0, 1),  # the design's cost: wall time depends on the load
